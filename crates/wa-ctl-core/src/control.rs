@@ -1,0 +1,102 @@
+//! The control socket: how `wa-ctl start|stop|restart <id>` and `wa-ctl stop`
+//! reach a running supervisor.
+//!
+//! A Unix stream socket in `runtime_dir`, mode 0600, and the supervisor
+//! checks the peer's uid (SO_PEERCRED) as well. One request per connection:
+//! a JSON line in, a JSON line out. The answer to a stop comes only once the
+//! worker is gone, so the CLI returns when the work is done.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The socket's name inside `runtime_dir`.
+pub const SOCKET_FILE: &str = "control.sock";
+
+/// The longest request line the supervisor reads.
+pub const MAX_REQUEST: usize = 4096;
+
+/// A request to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Start one session (it may be stopped, failed, logged out or locked).
+    Start { session: String },
+    /// Stop one session; the answer comes once its worker is reaped.
+    Stop { session: String },
+    /// Stop, then start one session.
+    Restart { session: String },
+    /// Stop every session and exit; the answer comes once all are reaped.
+    Shutdown,
+}
+
+/// The supervisor's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    pub message: String,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response { ok: true, message: message.into() }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Response { ok: false, message: message.into() }
+    }
+}
+
+/// A request that did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot reach the supervisor at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no answer from the supervisor within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("the supervisor closed the connection without answering")]
+    NoAnswer,
+    #[error("talking to the supervisor: {0}")]
+    Io(#[source] io::Error),
+    #[error("bad answer from the supervisor: {0}")]
+    BadAnswer(String),
+}
+
+/// Sends one request and waits up to `timeout` for the answer.
+pub fn request(runtime_dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    let path = runtime_dir.join(SOCKET_FILE);
+    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect { path, source })?;
+    stream.set_read_timeout(Some(timeout)).map_err(ControlError::Io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(ControlError::Io)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(ControlError::Io)?;
+    let mut answer = String::new();
+    match BufReader::new(stream).read_line(&mut answer) {
+        Ok(0) => Err(ControlError::NoAnswer),
+        Ok(_) => serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string())),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(ControlError::Timeout(timeout))
+        }
+        Err(e) => Err(ControlError::Io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"stop","session":"a"}"#).unwrap();
+        assert_eq!(r, Request::Stop { session: "a".into() });
+        assert_eq!(serde_json::to_string(&Request::Shutdown).unwrap(), r#"{"cmd":"shutdown"}"#);
+    }
+}

@@ -1,0 +1,185 @@
+//! Locks held for life: one supervisor per `runtime_dir`, one worker per
+//! session directory.
+//!
+//! Both are `flock` locks taken with the standard library's `File::try_lock`.
+//! The kernel drops them when the holder dies, however it dies, so a stale
+//! pid file can never block a start, and nothing is ever decided by asking
+//! whether some pid is alive.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The lock file's name inside `runtime_dir`. It also holds the owner's pid.
+pub const LOCK_FILE: &str = "wa-ctl.lock";
+
+/// A lock that could not be taken or checked.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot lock {path}: {source}")]
+pub struct LockError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// What a look at the supervisor lock found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Nobody holds the lock.
+    NotRunning,
+    /// A supervisor holds it; `pid` is what it wrote inside, if readable yet.
+    Running { pid: Option<u32> },
+}
+
+/// The supervisor's lock, held for the life of the process.
+#[derive(Debug)]
+pub struct SupervisorLock {
+    _file: File,
+}
+
+fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new().read(true).write(create).create(create).truncate(false).mode(0o600).open(path)
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.seek(io::SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+impl SupervisorLock {
+    /// Takes the lock in `runtime_dir` and writes our pid into it, or returns
+    /// the pid of the supervisor that holds it.
+    pub fn acquire(runtime_dir: &Path) -> Result<Result<SupervisorLock, Option<u32>>, LockError> {
+        let path = runtime_dir.join(LOCK_FILE);
+        let err = |source| LockError { path: path.clone(), source };
+        let mut file = open_lock_file(&path, true).map_err(err)?;
+        // `wa-ctl status` probes with a shared lock for an instant. An
+        // exclusive attempt that fails only because of such a probe must not
+        // be mistaken for a running supervisor, so tell the two apart: a
+        // shared lock can be had beside a probe, never beside a supervisor.
+        for _ in 0..10_000 {
+            match file.try_lock() {
+                Ok(()) => {
+                    file.set_len(0).map_err(err)?;
+                    file.seek(io::SeekFrom::Start(0)).map_err(err)?;
+                    writeln!(file, "{}", std::process::id()).map_err(err)?;
+                    return Ok(Ok(SupervisorLock { _file: file }));
+                }
+                Err(TryLockError::Error(e)) => return Err(err(e)),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            match file.try_lock_shared() {
+                Ok(()) => file.unlock().map_err(err)?,
+                Err(TryLockError::WouldBlock) => return Ok(Err(read_pid(&mut file))),
+                Err(TryLockError::Error(e)) => return Err(err(e)),
+            }
+        }
+        Ok(Err(read_pid(&mut file)))
+    }
+
+    /// Tells whether a supervisor holds the lock in `runtime_dir`, without
+    /// creating anything.
+    pub fn probe(runtime_dir: &Path) -> Result<Probe, LockError> {
+        let path = runtime_dir.join(LOCK_FILE);
+        let mut file = match open_lock_file(&path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::NotRunning),
+            Err(source) => return Err(LockError { path, source }),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(Probe::NotRunning),
+            Err(TryLockError::WouldBlock) => Ok(Probe::Running { pid: read_pid(&mut file) }),
+            Err(TryLockError::Error(source)) => Err(LockError { path, source }),
+        }
+    }
+
+    /// Waits until no supervisor holds the lock in `runtime_dir`, up to
+    /// `timeout`. Returns whether it was released. It blocks in the kernel on
+    /// the lock itself: no polling.
+    pub fn wait_released(runtime_dir: &Path, timeout: Duration) -> Result<bool, LockError> {
+        let path = runtime_dir.join(LOCK_FILE);
+        let file = match open_lock_file(&path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(source) => return Err(LockError { path, source }),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        // On timeout this thread stays blocked until the process exits,
+        // which for the CLI is moments later.
+        std::thread::spawn(move || {
+            let _ = tx.send(file.lock_shared());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(source)) => Err(LockError { path, source }),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+/// The lock on a session directory: while it is held, this process is the
+/// only one that may run a worker for the session.
+#[derive(Debug)]
+pub struct SessionLock {
+    _dir: File,
+}
+
+impl SessionLock {
+    /// Locks the directory itself; `None` if another process holds it.
+    pub fn try_acquire(session_dir: &Path) -> Result<Option<SessionLock>, LockError> {
+        let err = |source| LockError { path: session_dir.to_path_buf(), source };
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY)
+            .open(session_dir)
+            .map_err(err)?;
+        match dir.try_lock() {
+            Ok(()) => Ok(Some(SessionLock { _dir: dir })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(err(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(SupervisorLock::probe(tmp.path()).unwrap(), Probe::NotRunning);
+        let held = SupervisorLock::acquire(tmp.path()).unwrap().unwrap();
+        assert_eq!(
+            SupervisorLock::probe(tmp.path()).unwrap(),
+            Probe::Running { pid: Some(std::process::id()) }
+        );
+        assert_eq!(SupervisorLock::acquire(tmp.path()).unwrap().unwrap_err(), Some(std::process::id()));
+        assert!(!SupervisorLock::wait_released(tmp.path(), Duration::from_millis(50)).unwrap());
+        drop(held);
+        assert!(SupervisorLock::wait_released(tmp.path(), Duration::from_secs(5)).unwrap());
+        assert_eq!(SupervisorLock::probe(tmp.path()).unwrap(), Probe::NotRunning);
+    }
+
+    #[test]
+    fn stale_pid_does_not_block() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(LOCK_FILE), "1\n").unwrap();
+        assert_eq!(SupervisorLock::probe(tmp.path()).unwrap(), Probe::NotRunning);
+        assert!(SupervisorLock::acquire(tmp.path()).unwrap().is_ok());
+    }
+
+    #[test]
+    fn session_lock_is_exclusive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = SessionLock::try_acquire(tmp.path()).unwrap();
+        assert!(a.is_some());
+        assert!(SessionLock::try_acquire(tmp.path()).unwrap().is_none());
+        drop(a);
+        assert!(SessionLock::try_acquire(tmp.path()).unwrap().is_some());
+    }
+}

@@ -1,0 +1,292 @@
+//! The one place that creates processes and signals them.
+//!
+//! - Workers run in their own process group, die with the supervisor
+//!   (`PR_SET_PDEATHSIG`), and inherit exactly one extra descriptor: the
+//!   write end of their events pipe.
+//! - The background supervisor is a fresh process in its own session, never
+//!   a `fork()` of a running tokio runtime.
+//! - Leftovers of a supervisor that died are found by the session directory
+//!   in their environment, and ended before a new worker is spawned.
+//!
+//! `clippy.toml` forbids `Command::new` everywhere else.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::protocol::{ENV_EVENTS_FD, ENV_SESSION_DIR, ENV_SESSION_ID};
+
+/// Environment variables of the supervisor that a worker must not see.
+const SCRUBBED_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID", READY_FD_ENV];
+
+/// The internal variable that tells a background supervisor where to report
+/// readiness. Not a public contract.
+pub const READY_FD_ENV: &str = "WA_CTL_READY_FD";
+
+/// A worker program that cannot be found.
+#[derive(Debug, thiserror::Error)]
+#[error("worker not found: `{program}` (looked in {looked_in}); install it there or set [worker] command in the config")]
+pub struct NotFound {
+    pub program: String,
+    pub looked_in: String,
+}
+
+fn is_executable(path: &Path) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok() && path.is_file()
+}
+
+/// Finds the program of a worker command.
+///
+/// - A path with a `/` is used as is (relative to `base_dir` if relative).
+/// - A bare name is looked up beside the running `wa-ctl` binary, then in
+///   `PATH`, so that `cargo install` and `target/release` need no PATH setup.
+pub fn resolve_program(program: &str, base_dir: Option<&Path>) -> Result<PathBuf, NotFound> {
+    if program.contains('/') {
+        let path = match base_dir {
+            Some(base) if Path::new(program).is_relative() => base.join(program),
+            _ => PathBuf::from(program),
+        };
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(NotFound { program: program.to_owned(), looked_in: path.display().to_string() })
+        };
+    }
+    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).filter(|d| d.is_absolute()).collect())
+        .unwrap_or_default();
+    for dir in exe_dir.iter().chain(&path_dirs) {
+        let candidate = dir.join(program);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    let beside = exe_dir.map_or_else(|| "beside wa-ctl".to_owned(), |d| d.display().to_string());
+    Err(NotFound { program: program.to_owned(), looked_in: format!("{beside} and $PATH") })
+}
+
+/// What a worker is spawned with.
+#[derive(Debug)]
+pub struct WorkerSpec<'a> {
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub session_id: &'a str,
+    pub session_dir: &'a Path,
+    pub env: &'a BTreeMap<String, String>,
+}
+
+/// A spawned worker and the read end of its events pipe.
+#[derive(Debug)]
+pub struct SpawnedWorker {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub events: OwnedFd,
+}
+
+/// Spawns a worker in its own process group.
+///
+/// Must be called from the thread that lives as long as the supervisor:
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits.
+/// The supervisor runs a current-thread runtime on its main thread for this
+/// reason.
+pub fn spawn_worker(spec: &WorkerSpec<'_>) -> io::Result<SpawnedWorker> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let events_fd: RawFd = write_end.as_raw_fd();
+    let supervisor_pid = nix::unistd::getpid();
+
+    #[expect(clippy::disallowed_methods, reason = "this module is the one place that spawns")]
+    let mut cmd = tokio::process::Command::new(spec.program);
+    cmd.args(spec.args)
+        .envs(spec.env)
+        .env(ENV_SESSION_ID, spec.session_id)
+        .env(ENV_SESSION_DIR, spec.session_dir)
+        .env(ENV_EVENTS_FD, events_fd.to_string())
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only async-signal-safe system calls (prctl, getppid, fcntl).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // The supervisor may have died before prctl took effect.
+            if nix::unistd::getppid() != supervisor_pid {
+                return Err(io::Error::other("supervisor exited during spawn"));
+            }
+            // Let exactly this descriptor survive exec.
+            if nix::libc::fcntl(events_fd, nix::libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(write_end);
+    let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
+    Ok(SpawnedWorker { child, pid, events: read_end })
+}
+
+/// Sends `signal` to a process group. `Ok(false)` if the group is empty.
+pub fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
+    match killpg(Pid::from_raw(pgid as i32), signal) {
+        Ok(()) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Starts `wa-ctl` again as a background supervisor: a fresh process in a
+/// new session, detached from the terminal, with its output going to `log`.
+/// Returns the read end of the pipe on which it reports readiness.
+pub fn spawn_background_supervisor(
+    exe: &Path,
+    args: &[OsString],
+    log: std::fs::File,
+) -> io::Result<(std::process::Child, OwnedFd)> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let ready_fd = write_end.as_raw_fd();
+    let log_err = log.try_clone()?;
+    #[expect(clippy::disallowed_methods, reason = "this module is the one place that spawns")]
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .env(READY_FD_ENV, ready_fd.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: async-signal-safe calls only (setsid, fcntl), between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            if nix::libc::fcntl(ready_fd, nix::libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(write_end);
+    Ok((child, read_end))
+}
+
+/// Takes the readiness descriptor a background supervisor was given, if any.
+///
+/// # Safety
+/// Must be called at most once, before anything else could own that fd.
+pub unsafe fn take_ready_fd() -> Option<OwnedFd> {
+    let fd: RawFd = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+    // Reject anything that is not an open descriptor; stdio is never ours.
+    if fd < 3 || nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return None;
+    }
+    // Keep it out of the workers.
+    let _ = nix::fcntl::fcntl(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    // SAFETY: the caller guarantees single ownership of this inherited fd.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A process that a previous supervisor left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub pid: u32,
+    pub cmdline: String,
+}
+
+/// Finds this user's processes whose `WA_CTL_SESSION_DIR` lies under
+/// `under` (a session directory, or the `sessions/` folder for all of
+/// them): workers, and anything they forked, that a supervisor killed with
+/// SIGKILL left behind. Returns each with its session directory. Only
+/// processes we may signal (same user) have a readable environment.
+pub fn find_leftovers(under: &Path) -> Vec<(PathBuf, Leftover)> {
+    use std::os::unix::ffi::OsStrExt;
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+    let prefix = format!("{ENV_SESSION_DIR}=");
+    let mut system = System::new();
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::All,
+        true,
+        ProcessRefreshKind::nothing()
+            .with_environ(UpdateKind::Always)
+            .with_cmd(UpdateKind::Always)
+            .with_user(UpdateKind::Always),
+    );
+    let me = std::process::id();
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut found = Vec::new();
+    for p in system.processes().values() {
+        if p.thread_kind().is_some() || p.pid().as_u32() == me || p.user_id().is_none_or(|u| **u != uid) {
+            continue;
+        }
+        let session_dir = p.environ().iter().find_map(|e| {
+            let value = e.as_bytes().strip_prefix(prefix.as_bytes())?;
+            let dir = Path::new(std::ffi::OsStr::from_bytes(value));
+            dir.starts_with(under).then(|| dir.to_path_buf())
+        });
+        if let Some(dir) = session_dir {
+            let cmdline = p.cmd().iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+            found.push((dir, Leftover { pid: p.pid().as_u32(), cmdline }));
+        }
+    }
+    found
+}
+
+/// Opens a pidfd: a descriptor that becomes readable when the process exits.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor returned by the kernel, owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Ends leftovers with SIGKILL and waits until each has exited, up to
+/// `timeout`. They belong to no supervisor and a new worker is about to take
+/// their place, so there is no grace period to honour.
+pub fn end_leftovers(leftovers: &[Leftover], timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut pidfds = Vec::new();
+    for leftover in leftovers {
+        let pid = leftover.pid as i32;
+        // Open the pidfd before the kill, so that a pid reused in between
+        // cannot be waited on by mistake.
+        let fd = pidfd_open(leftover.pid);
+        match kill(Pid::from_raw(pid), Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Ok(fd) = fd {
+            pidfds.push(fd);
+        }
+    }
+    for fd in &pidfds {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(fd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "a leftover process did not exit")),
+            Ok(_) => {}
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

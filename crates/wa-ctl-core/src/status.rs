@@ -1,0 +1,277 @@
+//! The live status: the record the supervisor keeps in `runtime_dir`, and
+//! the report `wa-ctl status` makes of it.
+//!
+//! The supervisor rewrites `status.json` atomically whenever something
+//! changes. `wa-ctl status` reads it without talking to the supervisor, so it
+//! is fast and works even while the supervisor is busy. It trusts the record
+//! only while the supervisor lock is held: after a crash the record is stale
+//! and the report says "not running".
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::lifecycle::PairingCode;
+use crate::lock::Probe;
+use crate::policy::CloseKey;
+
+/// The status file's name inside `runtime_dir`.
+pub const STATUS_FILE: &str = "status.json";
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the supervisor writes to `status.json` (mode 0600: it may hold a
+/// QR payload). Internal: the public shape is [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub sessions: Vec<SessionRecord>,
+}
+
+/// One session in the status file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub state: String,
+    pub worker_pid: Option<u32>,
+    pub restarts: u32,
+    pub last_code: Option<String>,
+    pub last_reason: Option<String>,
+    pub last_action: Option<String>,
+    pub next_retry_at_ms: Option<u64>,
+    pub worker_started_at_ms: Option<u64>,
+    pub connected_at_ms: Option<u64>,
+    pub jid: Option<String>,
+    pub pairing: Option<PairingCode>,
+}
+
+impl StatusRecord {
+    /// Reads the status file; `None` if it is missing or unreadable, which a
+    /// reader treats like a supervisor that has not written it yet.
+    pub fn read(runtime_dir: &Path) -> Option<StatusRecord> {
+        let text = std::fs::read(runtime_dir.join(STATUS_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
+/// `wa-ctl status --json`: a public contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub sessions: Vec<SessionReport>,
+}
+
+/// One session of `wa-ctl status --json`. The first eight fields are the
+/// documented contract; the rest are documented extensions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionReport {
+    pub id: String,
+    pub state: String,
+    pub worker_pid: Option<u32>,
+    pub restarts: u32,
+    /// The last close code: a number, or `"crash"` / `"exit"`.
+    pub last_code: Option<serde_json::Value>,
+    pub last_action: Option<String>,
+    pub next_retry_s: Option<f64>,
+    pub uptime_s: Option<f64>,
+    /// Extension: what `last_code` means.
+    pub last_meaning: Option<String>,
+    /// Extension: the worker's free-text reason for its last close.
+    pub last_reason: Option<String>,
+    /// Extension: the account, once connected.
+    pub jid: Option<String>,
+}
+
+fn seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn code_json(code: &str) -> serde_json::Value {
+    match code.parse::<u16>() {
+        Ok(n) => serde_json::Value::from(n),
+        Err(_) => serde_json::Value::from(code),
+    }
+}
+
+impl StatusReport {
+    /// Builds the report from what the lock and the status file say.
+    pub fn build(config: &Config, probe: Probe, record: Option<StatusRecord>, now: SystemTime) -> StatusReport {
+        let now_ms = unix_ms(now);
+        let pid = match probe {
+            Probe::Running { pid } => pid.or(record.as_ref().map(|r| r.pid)),
+            Probe::NotRunning => None,
+        };
+        // The record tells the truth only if its writer holds the lock now.
+        let record = record.filter(|r| probe != Probe::NotRunning && pid == Some(r.pid));
+        let sessions = config
+            .sessions
+            .iter()
+            .map(|s| {
+                let id = s.id.as_str();
+                match record.as_ref().and_then(|r| r.sessions.iter().find(|x| x.id == id)) {
+                    Some(r) => SessionReport {
+                        id: id.to_owned(),
+                        state: r.state.clone(),
+                        worker_pid: r.worker_pid,
+                        restarts: r.restarts,
+                        last_code: r.last_code.as_deref().map(code_json),
+                        last_action: r.last_action.clone(),
+                        next_retry_s: r.next_retry_at_ms.map(|t| seconds(t.saturating_sub(now_ms))),
+                        uptime_s: r.worker_started_at_ms.map(|t| seconds(now_ms.saturating_sub(t))),
+                        last_meaning: r
+                            .last_code
+                            .as_deref()
+                            .and_then(|c| c.parse::<CloseKey>().ok())
+                            .map(|k| k.meaning().to_owned()),
+                        last_reason: r.last_reason.clone(),
+                        jid: r.jid.clone(),
+                    },
+                    None => SessionReport {
+                        id: id.to_owned(),
+                        // A supervisor that holds the lock but has not yet
+                        // written its record is starting its sessions.
+                        state: if pid.is_some() { "starting" } else { "stopped" }.to_owned(),
+                        worker_pid: None,
+                        restarts: 0,
+                        last_code: None,
+                        last_action: None,
+                        next_retry_s: None,
+                        uptime_s: None,
+                        last_meaning: None,
+                        last_reason: None,
+                        jid: None,
+                    },
+                }
+            })
+            .collect();
+        StatusReport { running: probe != Probe::NotRunning, pid, sessions }
+    }
+
+    /// The report for the human reader.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        match (self.running, self.pid) {
+            (true, Some(pid)) => out.push_str(&format!("wa-ctl: running (pid {pid})\n")),
+            (true, None) => out.push_str("wa-ctl: running\n"),
+            (false, _) => out.push_str("wa-ctl: not running\n"),
+        }
+        let header = ["SESSION", "STATE", "PID", "UPTIME", "RESTARTS", "LAST CLOSE", "ACTION", "NEXT RETRY"];
+        let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+        let dash = || "-".to_owned();
+        for s in &self.sessions {
+            let last = match (&s.last_code, &s.last_meaning) {
+                (Some(c), Some(m)) => format!("{} ({m})", c.as_str().map_or_else(|| c.to_string(), str::to_owned)),
+                (Some(c), None) => c.to_string(),
+                _ => dash(),
+            };
+            rows.push([
+                s.id.clone(),
+                s.state.clone(),
+                s.worker_pid.map_or_else(dash, |p| p.to_string()),
+                s.uptime_s.map_or_else(dash, human_seconds),
+                s.restarts.to_string(),
+                last,
+                s.last_action.clone().unwrap_or_else(dash),
+                s.next_retry_s.map_or_else(dash, human_seconds),
+            ]);
+        }
+        let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+        for row in &rows {
+            let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn human_seconds(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.1}s")
+    } else {
+        humantime::format_duration(Duration::from_secs(s.round() as u64)).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigSource, Environment};
+
+    fn config() -> Config {
+        let env = Environment::new(false, []);
+        Config::parse(
+            "[supervisor]\nruntime_dir=\"/r\"\nstate_dir=\"/s\"\n[[session]]\nid=\"a\"\n[[session]]\nid=\"b\"\n",
+            ConfigSource::Embedded,
+            &env,
+        )
+        .unwrap()
+    }
+
+    fn record(pid: u32) -> StatusRecord {
+        StatusRecord {
+            pid,
+            started_at_ms: 1_000,
+            sessions: vec![SessionRecord {
+                id: "a".into(),
+                state: "backoff".into(),
+                worker_pid: None,
+                restarts: 2,
+                last_code: Some("408".into()),
+                last_reason: None,
+                last_action: Some("reconnect".into()),
+                next_retry_at_ms: Some(12_500),
+                worker_started_at_ms: None,
+                connected_at_ms: None,
+                jid: None,
+                pairing: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn live_record() {
+        let now = UNIX_EPOCH + Duration::from_millis(10_000);
+        let r = StatusReport::build(&config(), Probe::Running { pid: Some(7) }, Some(record(7)), now);
+        assert!(r.running);
+        assert_eq!(r.pid, Some(7));
+        assert_eq!(r.sessions[0].state, "backoff");
+        assert_eq!(r.sessions[0].last_code, Some(serde_json::json!(408)));
+        assert_eq!(r.sessions[0].next_retry_s, Some(2.5));
+        assert_eq!(r.sessions[1].state, "starting");
+        let text = r.render_text();
+        assert!(text.contains("408 (timed out / connection lost)"), "{text}");
+    }
+
+    #[test]
+    fn stale_record_is_not_trusted() {
+        let now = UNIX_EPOCH + Duration::from_millis(10_000);
+        let r = StatusReport::build(&config(), Probe::NotRunning, Some(record(7)), now);
+        assert!(!r.running);
+        assert_eq!(r.pid, None);
+        assert!(r.sessions.iter().all(|s| s.state == "stopped" && s.worker_pid.is_none()));
+        // A record written by another pid than the lock holder is stale too.
+        let r = StatusReport::build(&config(), Probe::Running { pid: Some(8) }, Some(record(7)), now);
+        assert_eq!(r.sessions[0].state, "starting");
+    }
+
+    #[test]
+    fn json_shape() {
+        let now = UNIX_EPOCH + Duration::from_millis(10_000);
+        let r = StatusReport::build(&config(), Probe::Running { pid: Some(7) }, Some(record(7)), now);
+        let v = serde_json::to_value(&r).unwrap();
+        for key in ["running", "pid", "sessions"] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        for key in ["id", "state", "worker_pid", "restarts", "last_code", "last_action", "next_retry_s", "uptime_s"] {
+            assert!(v["sessions"][0].get(key).is_some(), "{key}");
+        }
+    }
+}
