@@ -78,7 +78,10 @@ pub enum ConfigError {
         message: String,
     },
     #[error("cannot find a default {what}: set {hint}, or name it in the config file")]
-    NoDefaultDir { what: &'static str, hint: &'static str },
+    NoDefaultDir {
+        what: &'static str,
+        hint: &'static str,
+    },
 }
 
 /// What the process environment contributes to locating files. Kept apart
@@ -229,7 +232,11 @@ impl Config {
     }
 
     /// Parses and validates configuration text.
-    pub fn parse(text: &str, source: ConfigSource, env: &Environment) -> Result<Config, ConfigError> {
+    pub fn parse(
+        text: &str,
+        source: ConfigSource,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
         let display_path = match source.path() {
             Some(p) => p.display().to_string(),
             None => "<embedded defaults>".to_owned(),
@@ -262,7 +269,10 @@ impl Config {
             }
         };
 
-        let policy = raw.policy.into_policy().map_err(|(span, key, msg)| err_at(span, key, msg))?;
+        let policy = raw
+            .policy
+            .into_policy()
+            .map_err(|(span, key, msg)| err_at(span, key, msg))?;
 
         let worker_command = match raw.worker.command {
             Some(c) => {
@@ -301,7 +311,9 @@ impl Config {
                             line: 1,
                             column: 1,
                             key: Some("session.id".to_owned()),
-                            message: "more than one [[session]] has no id (the default id is `default`)".to_owned(),
+                            message:
+                                "more than one [[session]] has no id (the default id is `default`)"
+                                    .to_owned(),
                         });
                     }
                     default
@@ -309,14 +321,16 @@ impl Config {
             };
             let command = match s.command {
                 Some(c) => {
-                    check_command(c.get_ref()).map_err(|m| err_at(c.span(), "session.command", m))?;
+                    check_command(c.get_ref())
+                        .map_err(|m| err_at(c.span(), "session.command", m))?;
                     c.into_inner()
                 }
                 None => worker_command.clone(),
             };
             let mut env = worker_env.clone();
             if let Some(session_env) = s.env {
-                check_env(session_env.get_ref()).map_err(|m| err_at(session_env.span(), "session.env", m))?;
+                check_env(session_env.get_ref())
+                    .map_err(|m| err_at(session_env.span(), "session.env", m))?;
                 env.extend(session_env.into_inner());
             }
             sessions.push(SessionConfig { id, command, env });
@@ -327,7 +341,10 @@ impl Config {
             supervisor: SupervisorConfig {
                 runtime_dir,
                 state_dir,
-                stop_timeout: raw.supervisor.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
+                stop_timeout: raw
+                    .supervisor
+                    .stop_timeout
+                    .map_or(Duration::from_secs(10), |d| d.0),
             },
             policy,
             sessions,
@@ -362,9 +379,13 @@ impl Config {
 
 fn check_command(command: &[String]) -> Result<(), String> {
     match command.first() {
-        None => Err("the command is empty: give at least the program, e.g. [\"wa-worker\"]".to_owned()),
+        None => {
+            Err("the command is empty: give at least the program, e.g. [\"wa-worker\"]".to_owned())
+        }
         Some(p) if p.is_empty() => Err("the program name is empty".to_owned()),
-        Some(_) if command.iter().any(|a| a.contains('\0')) => Err("an argument contains a NUL byte".to_owned()),
+        Some(_) if command.iter().any(|a| a.contains('\0')) => {
+            Err("an argument contains a NUL byte".to_owned())
+        }
         Some(_) => Ok(()),
     }
 }
@@ -378,7 +399,9 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
             return Err(format!("the value of `{k}` contains a NUL byte"));
         }
         if k.starts_with("WA_CTL_") {
-            return Err(format!("`{k}` is reserved: wa-ctl sets the WA_CTL_* variables itself"));
+            return Err(format!(
+                "`{k}` is reserved: wa-ctl sets the WA_CTL_* variables itself"
+            ));
         }
     }
     Ok(())
@@ -508,14 +531,24 @@ impl RawPolicy {
         if let Some(m) = self.backoff_multiplier {
             let v = *m.get_ref();
             if !(v.is_finite() && (1.0..=1000.0).contains(&v)) {
-                return Err((m.span(), "policy.backoff_multiplier", format!("{v} is out of range: use a number from 1.0 to 1000.0")));
+                return Err((
+                    m.span(),
+                    "policy.backoff_multiplier",
+                    format!("{v} is out of range: use a number from 1.0 to 1000.0"),
+                ));
             }
             p.backoff_multiplier = v;
         }
         if let Some(j) = self.jitter {
             let v = *j.get_ref();
             if !(v.is_finite() && (0.0..1.0).contains(&v)) {
-                return Err((j.span(), "policy.jitter", format!("{v} is out of range: use a fraction from 0.0 up to (not including) 1.0")));
+                return Err((
+                    j.span(),
+                    "policy.jitter",
+                    format!(
+                        "{v} is out of range: use a fraction from 0.0 up to (not including) 1.0"
+                    ),
+                ));
             }
             p.jitter = v;
         }
@@ -544,7 +577,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| de::Error::custom(format!("invalid duration \"{s}\": {e} (write e.g. \"250ms\", \"10s\", \"5m\")")))
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid duration \"{s}\": {e} (write e.g. \"250ms\", \"10s\", \"5m\")"
+                ))
+            })
     }
 }
 
@@ -561,20 +598,30 @@ mod tests {
             false,
             [
                 ("HOME".to_owned(), OsString::from("/home/u")),
-                ("XDG_RUNTIME_DIR".to_owned(), OsString::from("/run/user/1000")),
+                (
+                    "XDG_RUNTIME_DIR".to_owned(),
+                    OsString::from("/run/user/1000"),
+                ),
             ],
         )
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, ConfigSource::Flag("/etc/x/wa.toml".into()), &env_user())
+        Config::parse(
+            text,
+            ConfigSource::Flag("/etc/x/wa.toml".into()),
+            &env_user(),
+        )
     }
 
     #[test]
     fn embedded_defaults() {
         let c = Config::parse("", ConfigSource::Embedded, &env_user()).unwrap();
         assert_eq!(c.supervisor.runtime_dir, Path::new("/run/user/1000/wa-ctl"));
-        assert_eq!(c.supervisor.state_dir, Path::new("/home/u/.local/state/wa-ctl"));
+        assert_eq!(
+            c.supervisor.state_dir,
+            Path::new("/home/u/.local/state/wa-ctl")
+        );
         assert_eq!(c.supervisor.stop_timeout, Duration::from_secs(10));
         assert_eq!(c.sessions.len(), 1);
         assert_eq!(c.sessions[0].id.as_str(), "default");
@@ -587,7 +634,10 @@ mod tests {
         let c = Config::parse("", ConfigSource::Embedded, &env).unwrap();
         assert_eq!(c.supervisor.runtime_dir, Path::new("/run/wa-ctl"));
         assert_eq!(c.supervisor.state_dir, Path::new("/var/lib/wa-ctl"));
-        assert_eq!(env.config_candidate(None), Some(ConfigSource::DefaultPath(SYSTEM_CONFIG_PATH.into())));
+        assert_eq!(
+            env.config_candidate(None),
+            Some(ConfigSource::DefaultPath(SYSTEM_CONFIG_PATH.into()))
+        );
     }
 
     #[test]
@@ -596,15 +646,26 @@ mod tests {
         let env = Environment::new(false, vars.clone());
         assert_eq!(
             env.config_candidate(None),
-            Some(ConfigSource::DefaultPath("/home/u/.config/wa-ctl/wa-ctl.toml".into()))
+            Some(ConfigSource::DefaultPath(
+                "/home/u/.config/wa-ctl/wa-ctl.toml".into()
+            ))
         );
         vars.push(("XDG_CONFIG_HOME".to_owned(), OsString::from("/cfg")));
         let env = Environment::new(false, vars.clone());
-        assert_eq!(env.config_candidate(None), Some(ConfigSource::DefaultPath("/cfg/wa-ctl/wa-ctl.toml".into())));
+        assert_eq!(
+            env.config_candidate(None),
+            Some(ConfigSource::DefaultPath("/cfg/wa-ctl/wa-ctl.toml".into()))
+        );
         vars.push((CONFIG_ENV.to_owned(), OsString::from("/e.toml")));
         let env = Environment::new(false, vars);
-        assert_eq!(env.config_candidate(None), Some(ConfigSource::Env("/e.toml".into())));
-        assert_eq!(env.config_candidate(Some(Path::new("/f.toml"))), Some(ConfigSource::Flag("/f.toml".into())));
+        assert_eq!(
+            env.config_candidate(None),
+            Some(ConfigSource::Env("/e.toml".into()))
+        );
+        assert_eq!(
+            env.config_candidate(Some(Path::new("/f.toml"))),
+            Some(ConfigSource::Flag("/f.toml".into()))
+        );
     }
 
     #[test]
@@ -644,12 +705,18 @@ env = { B = "3" }
         assert_eq!(c.sessions[1].env["B"], "3");
         assert_eq!(c.policy.max_restarts, 3);
         assert_eq!(c.policy.action_for_code(408), Action::Stop);
-        assert_eq!(c.policy.action_for_code(401), Action::Logout, "defaults survive a partial [policy.codes]");
+        assert_eq!(
+            c.policy.action_for_code(401),
+            Action::Logout,
+            "defaults survive a partial [policy.codes]"
+        );
     }
 
     fn invalid(text: &str) -> (usize, Option<String>, String) {
         match parse(text) {
-            Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
             other => panic!("expected an invalid-config error, got {other:?}"),
         }
     }
@@ -706,9 +773,17 @@ env = { B = "3" }
         let env = Environment::new(false, [("HOME".to_owned(), OsString::from("/h"))]);
         assert!(matches!(
             Config::parse("", ConfigSource::Embedded, &env),
-            Err(ConfigError::NoDefaultDir { what: "runtime_dir", .. })
+            Err(ConfigError::NoDefaultDir {
+                what: "runtime_dir",
+                ..
+            })
         ));
-        let c = Config::parse("[supervisor]\nruntime_dir = \"/r\"\n", ConfigSource::Embedded, &env).unwrap();
+        let c = Config::parse(
+            "[supervisor]\nruntime_dir = \"/r\"\n",
+            ConfigSource::Embedded,
+            &env,
+        )
+        .unwrap();
         assert_eq!(c.supervisor.runtime_dir, Path::new("/r"));
     }
 }

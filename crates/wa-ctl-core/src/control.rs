@@ -42,11 +42,17 @@ pub struct Response {
 
 impl Response {
     pub fn ok(message: impl Into<String>) -> Self {
-        Response { ok: true, message: message.into() }
+        Response {
+            ok: true,
+            message: message.into(),
+        }
     }
 
     pub fn error(message: impl Into<String>) -> Self {
-        Response { ok: false, message: message.into() }
+        Response {
+            ok: false,
+            message: message.into(),
+        }
     }
 }
 
@@ -70,11 +76,20 @@ pub enum ControlError {
 }
 
 /// Sends one request and waits up to `timeout` for the answer.
-pub fn request(runtime_dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
+pub fn request(
+    runtime_dir: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, ControlError> {
     let path = runtime_dir.join(SOCKET_FILE);
-    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect { path, source })?;
-    stream.set_read_timeout(Some(timeout)).map_err(ControlError::Io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(ControlError::Io)?;
+    let mut stream =
+        UnixStream::connect(&path).map_err(|source| ControlError::Connect { path, source })?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(ControlError::Io)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(ControlError::Io)?;
     let mut line = serde_json::to_vec(req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
     line.push(b'\n');
     stream.write_all(&line).map_err(ControlError::Io)?;
@@ -82,7 +97,12 @@ pub fn request(runtime_dir: &Path, req: &Request, timeout: Duration) -> Result<R
     match BufReader::new(stream).read_line(&mut answer) {
         Ok(0) => Err(ControlError::NoAnswer),
         Ok(_) => serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer(e.to_string())),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             Err(ControlError::Timeout(timeout))
         }
         Err(e) => Err(ControlError::Io(e)),
@@ -96,7 +116,15 @@ mod tests {
     #[test]
     fn wire_format() {
         let r: Request = serde_json::from_str(r#"{"cmd":"stop","session":"a"}"#).unwrap();
-        assert_eq!(r, Request::Stop { session: "a".into() });
-        assert_eq!(serde_json::to_string(&Request::Shutdown).unwrap(), r#"{"cmd":"shutdown"}"#);
+        assert_eq!(
+            r,
+            Request::Stop {
+                session: "a".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Shutdown).unwrap(),
+            r#"{"cmd":"shutdown"}"#
+        );
     }
 }

@@ -35,24 +35,44 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), DirError> {
                 .recursive(true)
                 .mode(0o700)
                 .create(path)
-                .map_err(|source| DirError::Create { path: path.to_path_buf(), source })?;
+                .map_err(|source| DirError::Create {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
         }
-        Err(source) => return Err(DirError::Create { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(DirError::Create {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     }
-    let meta = fs::metadata(path).map_err(|source| DirError::Create { path: path.to_path_buf(), source })?;
+    let meta = fs::metadata(path).map_err(|source| DirError::Create {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !meta.is_dir() {
-        return Err(DirError::NotADirectory { path: path.to_path_buf() });
+        return Err(DirError::NotADirectory {
+            path: path.to_path_buf(),
+        });
     }
     let uid = nix::unistd::geteuid().as_raw();
     // Root may use directories owned by others (e.g. a dedicated service
     // user's), but nobody may use one that others can write into: they could
     // plant a lock, a socket or a session there.
     if meta.uid() != uid && uid != 0 {
-        return Err(DirError::ForeignOwner { path: path.to_path_buf(), owner: meta.uid(), uid });
+        return Err(DirError::ForeignOwner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            uid,
+        });
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
-        return Err(DirError::WorldWritable { path: path.to_path_buf(), mode });
+        return Err(DirError::WorldWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -62,10 +82,18 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), DirError> {
 /// file or the new one, never a torn one, even after a crash.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -86,12 +114,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().join("a/b");
         ensure_private_dir(&d).unwrap();
-        assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(matches!(ensure_private_dir(&d), Err(DirError::WorldWritable { .. })));
+        assert!(matches!(
+            ensure_private_dir(&d),
+            Err(DirError::WorldWritable { .. })
+        ));
         let f = tmp.path().join("file");
         fs::write(&f, "").unwrap();
-        assert!(matches!(ensure_private_dir(&f), Err(DirError::NotADirectory { .. })));
+        assert!(matches!(
+            ensure_private_dir(&f),
+            Err(DirError::NotADirectory { .. })
+        ));
     }
 
     #[test]
@@ -101,7 +138,14 @@ mod tests {
         write_atomic(&p, b"one", 0o600).unwrap();
         write_atomic(&p, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 }

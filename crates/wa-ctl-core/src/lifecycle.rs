@@ -224,7 +224,9 @@ impl Session {
                 self.state = State::Starting;
                 vec![]
             }
-            Input::SpawnFailed { reason, jitter } => self.ended(CloseKey::Crash, Some(reason), None, cx, jitter),
+            Input::SpawnFailed { reason, jitter } => {
+                self.ended(CloseKey::Crash, Some(reason), None, cx, jitter)
+            }
             Input::LockBusy => {
                 self.state = State::Locked;
                 self.next_retry = None;
@@ -243,8 +245,12 @@ impl Session {
                 let (key, reason) = match (&worker.close, exit) {
                     (Some((code, reason)), _) => (CloseKey::Code(*code), reason.clone()),
                     (None, ExitKind::Code(0)) => (CloseKey::Exit, None),
-                    (None, ExitKind::Code(n)) => (CloseKey::Crash, Some(format!("exited with status {n}"))),
-                    (None, ExitKind::Signal(s)) => (CloseKey::Crash, Some(format!("killed by signal {s}"))),
+                    (None, ExitKind::Code(n)) => {
+                        (CloseKey::Crash, Some(format!("exited with status {n}")))
+                    }
+                    (None, ExitKind::Signal(s)) => {
+                        (CloseKey::Crash, Some(format!("killed by signal {s}")))
+                    }
                 };
                 // The watcher has already ended whatever the worker left in
                 // its process group before reaping it, so nothing of it
@@ -296,13 +302,19 @@ impl Session {
                 if self.state != State::LoggedOut && self.state != State::Failed {
                     self.state = State::Stopped;
                 }
-                if was_active { vec![Effect::ReleaseLock] } else { vec![] }
+                if was_active {
+                    vec![Effect::ReleaseLock]
+                } else {
+                    vec![]
+                }
             }
         }
     }
 
     fn on_event(&mut self, event: WorkerEvent, now: Instant) {
-        let Some(worker) = &mut self.worker else { return };
+        let Some(worker) = &mut self.worker else {
+            return;
+        };
         let stopping = worker.stopping.is_some();
         match event {
             WorkerEvent::Qr { code } => {
@@ -428,16 +440,29 @@ mod tests {
 
     impl Harness {
         fn new(policy: Policy) -> Self {
-            Harness { policy, now: Instant::now(), session: Session::new(), spawns: 0 }
+            Harness {
+                policy,
+                now: Instant::now(),
+                session: Session::new(),
+                spawns: 0,
+            }
         }
 
         fn feed(&mut self, input: Input) -> Vec<Effect> {
-            let cx = Context { policy: &self.policy, stop_timeout: Duration::from_secs(10), now: self.now };
+            let cx = Context {
+                policy: &self.policy,
+                stop_timeout: Duration::from_secs(10),
+                now: self.now,
+            };
             let effects = self.session.handle(input, cx);
             if effects.contains(&Effect::Spawn) {
                 self.spawns += 1;
                 let pid = 1000 + self.spawns;
-                let cx = Context { policy: &self.policy, stop_timeout: Duration::from_secs(10), now: self.now };
+                let cx = Context {
+                    policy: &self.policy,
+                    stop_timeout: Duration::from_secs(10),
+                    now: self.now,
+                };
                 self.session.handle(Input::Spawned { pid }, cx);
             }
             effects
@@ -457,7 +482,10 @@ mod tests {
     }
 
     fn no_jitter() -> Policy {
-        Policy { jitter: 0.0, ..Policy::default() }
+        Policy {
+            jitter: 0.0,
+            ..Policy::default()
+        }
     }
 
     #[test]
@@ -468,7 +496,9 @@ mod tests {
         h.feed(Input::Event(WorkerEvent::Qr { code: "q".into() }));
         assert_eq!(h.session.state, State::Pairing);
         assert_eq!(h.session.pairing_code, Some(PairingCode::Qr("q".into())));
-        h.feed(Input::Event(WorkerEvent::Connected { jid: Some("j".into()) }));
+        h.feed(Input::Event(WorkerEvent::Connected {
+            jid: Some("j".into()),
+        }));
         assert_eq!(h.session.state, State::Connected);
         assert_eq!(h.session.pairing_code, None);
         // A second start while running is a no-op.
@@ -510,7 +540,10 @@ mod tests {
 
     #[test]
     fn reconnect_backs_off_exponentially() {
-        let mut h = Harness::new(Policy { max_restarts: 100, ..no_jitter() });
+        let mut h = Harness::new(Policy {
+            max_restarts: 100,
+            ..no_jitter()
+        });
         h.feed(Input::Start);
         let mut delays = vec![];
         for _ in 0..5 {
@@ -527,7 +560,10 @@ mod tests {
 
     #[test]
     fn long_connection_resets_backoff() {
-        let mut h = Harness::new(Policy { max_restarts: 100, ..no_jitter() });
+        let mut h = Harness::new(Policy {
+            max_restarts: 100,
+            ..no_jitter()
+        });
         h.feed(Input::Start);
         for _ in 0..3 {
             h.exit_with(Some(408), ExitKind::Code(0));
@@ -537,12 +573,19 @@ mod tests {
         h.feed(Input::Event(WorkerEvent::Connected { jid: None }));
         h.now += h.policy.reset_after;
         h.exit_with(Some(408), ExitKind::Code(0));
-        assert_eq!(h.session.next_retry.unwrap() - h.now, Duration::from_secs(1));
+        assert_eq!(
+            h.session.next_retry.unwrap() - h.now,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
     fn breaker_trips_after_max_restarts() {
-        let mut h = Harness::new(Policy { max_restarts: 3, initial_backoff: Duration::from_millis(10), ..no_jitter() });
+        let mut h = Harness::new(Policy {
+            max_restarts: 3,
+            initial_backoff: Duration::from_millis(10),
+            ..no_jitter()
+        });
         h.feed(Input::Start);
         loop {
             h.exit_with(None, ExitKind::Signal(9));
@@ -583,10 +626,16 @@ mod tests {
         let mut h = Harness::new(no_jitter());
         h.feed(Input::Start);
         h.exit_with(None, ExitKind::Code(0));
-        assert_eq!((h.session.state, h.session.last_close), (State::Stopped, Some(CloseKey::Exit)));
+        assert_eq!(
+            (h.session.state, h.session.last_close),
+            (State::Stopped, Some(CloseKey::Exit))
+        );
         h.feed(Input::Start);
         h.exit_with(None, ExitKind::Code(3));
-        assert_eq!((h.session.state, h.session.last_close), (State::Backoff, Some(CloseKey::Crash)));
+        assert_eq!(
+            (h.session.state, h.session.last_close),
+            (State::Backoff, Some(CloseKey::Crash))
+        );
     }
 
     #[test]
@@ -595,7 +644,11 @@ mod tests {
         h.feed(Input::Start);
         assert_eq!(h.feed(Input::Stop), vec![Effect::Terminate]);
         assert_eq!(h.session.state, State::Stopping);
-        assert_eq!(h.feed(Input::Stop), vec![], "a second stop does not signal twice");
+        assert_eq!(
+            h.feed(Input::Stop),
+            vec![],
+            "a second stop does not signal twice"
+        );
         assert_eq!(h.advance(Duration::from_secs(9)), vec![]);
         assert_eq!(h.advance(Duration::from_secs(1)), vec![Effect::KillGroup]);
         // The policy does not apply to an operator stop, even with a code.
@@ -628,19 +681,42 @@ mod tests {
 
     #[test]
     fn spawn_failure_counts_as_crash() {
-        let mut h = Harness::new(Policy { max_restarts: 1, ..no_jitter() });
-        let cx = Context { policy: &h.policy, stop_timeout: Duration::from_secs(1), now: h.now };
+        let mut h = Harness::new(Policy {
+            max_restarts: 1,
+            ..no_jitter()
+        });
+        let cx = Context {
+            policy: &h.policy,
+            stop_timeout: Duration::from_secs(1),
+            now: h.now,
+        };
         assert_eq!(h.session.handle(Input::Start, cx), vec![Effect::Spawn]);
-        h.session.handle(Input::SpawnFailed { reason: "ENOENT".into(), jitter: 0.0 }, cx);
+        h.session.handle(
+            Input::SpawnFailed {
+                reason: "ENOENT".into(),
+                jitter: 0.0,
+            },
+            cx,
+        );
         assert_eq!(h.session.state, State::Backoff);
-        h.session.handle(Input::SpawnFailed { reason: "ENOENT".into(), jitter: 0.0 }, cx);
+        h.session.handle(
+            Input::SpawnFailed {
+                reason: "ENOENT".into(),
+                jitter: 0.0,
+            },
+            cx,
+        );
         assert_eq!(h.session.state, State::Failed);
     }
 
     #[test]
     fn lock_busy_reports_locked() {
         let mut h = Harness::new(no_jitter());
-        let cx = Context { policy: &h.policy, stop_timeout: Duration::from_secs(1), now: h.now };
+        let cx = Context {
+            policy: &h.policy,
+            stop_timeout: Duration::from_secs(1),
+            now: h.now,
+        };
         h.session.handle(Input::Start, cx);
         h.session.handle(Input::LockBusy, cx);
         assert_eq!(h.session.state, State::Locked);

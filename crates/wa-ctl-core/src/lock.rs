@@ -40,7 +40,13 @@ pub struct SupervisorLock {
 }
 
 fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
-    OpenOptions::new().read(true).write(create).create(create).truncate(false).mode(0o600).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
 }
 
 fn read_pid(file: &mut File) -> Option<u32> {
@@ -55,7 +61,10 @@ impl SupervisorLock {
     /// the pid of the supervisor that holds it.
     pub fn acquire(runtime_dir: &Path) -> Result<Result<SupervisorLock, Option<u32>>, LockError> {
         let path = runtime_dir.join(LOCK_FILE);
-        let err = |source| LockError { path: path.clone(), source };
+        let err = |source| LockError {
+            path: path.clone(),
+            source,
+        };
         let mut file = open_lock_file(&path, true).map_err(err)?;
         // `wa-ctl status` probes with a shared lock for an instant. An
         // exclusive attempt that fails only because of such a probe must not
@@ -92,7 +101,9 @@ impl SupervisorLock {
         };
         match file.try_lock_shared() {
             Ok(()) => Ok(Probe::NotRunning),
-            Err(TryLockError::WouldBlock) => Ok(Probe::Running { pid: read_pid(&mut file) }),
+            Err(TryLockError::WouldBlock) => Ok(Probe::Running {
+                pid: read_pid(&mut file),
+            }),
             Err(TryLockError::Error(source)) => Err(LockError { path, source }),
         }
     }
@@ -131,7 +142,10 @@ pub struct SessionLock {
 impl SessionLock {
     /// Locks the directory itself; `None` if another process holds it.
     pub fn try_acquire(session_dir: &Path) -> Result<Option<SessionLock>, LockError> {
-        let err = |source| LockError { path: session_dir.to_path_buf(), source };
+        let err = |source| LockError {
+            path: session_dir.to_path_buf(),
+            source,
+        };
         let dir = OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_DIRECTORY)
@@ -152,24 +166,38 @@ mod tests {
     #[test]
     fn one_holder() {
         let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(SupervisorLock::probe(tmp.path()).unwrap(), Probe::NotRunning);
+        assert_eq!(
+            SupervisorLock::probe(tmp.path()).unwrap(),
+            Probe::NotRunning
+        );
         let held = SupervisorLock::acquire(tmp.path()).unwrap().unwrap();
         assert_eq!(
             SupervisorLock::probe(tmp.path()).unwrap(),
-            Probe::Running { pid: Some(std::process::id()) }
+            Probe::Running {
+                pid: Some(std::process::id())
+            }
         );
-        assert_eq!(SupervisorLock::acquire(tmp.path()).unwrap().unwrap_err(), Some(std::process::id()));
+        assert_eq!(
+            SupervisorLock::acquire(tmp.path()).unwrap().unwrap_err(),
+            Some(std::process::id())
+        );
         assert!(!SupervisorLock::wait_released(tmp.path(), Duration::from_millis(50)).unwrap());
         drop(held);
         assert!(SupervisorLock::wait_released(tmp.path(), Duration::from_secs(5)).unwrap());
-        assert_eq!(SupervisorLock::probe(tmp.path()).unwrap(), Probe::NotRunning);
+        assert_eq!(
+            SupervisorLock::probe(tmp.path()).unwrap(),
+            Probe::NotRunning
+        );
     }
 
     #[test]
     fn stale_pid_does_not_block() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join(LOCK_FILE), "1\n").unwrap();
-        assert_eq!(SupervisorLock::probe(tmp.path()).unwrap(), Probe::NotRunning);
+        assert_eq!(
+            SupervisorLock::probe(tmp.path()).unwrap(),
+            Probe::NotRunning
+        );
         assert!(SupervisorLock::acquire(tmp.path()).unwrap().is_ok());
     }
 

@@ -103,7 +103,9 @@ impl std::str::FromStr for CloseKey {
             "crash" => Ok(CloseKey::Crash),
             "exit" => Ok(CloseKey::Exit),
             _ => s.parse::<u16>().map(CloseKey::Code).map_err(|_| {
-                format!("`{s}` is not a close code: use a number from 0 to 65535, `crash` or `exit`")
+                format!(
+                    "`{s}` is not a close code: use a number from 0 to 65535, `crash` or `exit`"
+                )
             }),
         }
     }
@@ -200,10 +202,16 @@ impl Policy {
     /// `max_backoff`, with jitter or without.
     pub fn backoff_delay(&self, attempt: u32, jitter_sample: f64) -> Duration {
         let base = self.initial_backoff.as_secs_f64()
-            * self.backoff_multiplier.powi(attempt.min(i32::MAX as u32) as i32);
+            * self
+                .backoff_multiplier
+                .powi(attempt.min(i32::MAX as u32) as i32);
         let max = self.max_backoff.as_secs_f64();
         let base = if base.is_finite() { base.min(max) } else { max };
-        let sample = if jitter_sample.is_finite() { jitter_sample.clamp(-1.0, 1.0) } else { 0.0 };
+        let sample = if jitter_sample.is_finite() {
+            jitter_sample.clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
         let jittered = (base * (1.0 + self.jitter * sample)).clamp(0.0, max);
         Duration::from_secs_f64(jittered)
     }

@@ -24,7 +24,14 @@ use nix::unistd::Pid;
 use crate::protocol::{ENV_EVENTS_FD, ENV_SESSION_DIR, ENV_SESSION_ID};
 
 /// Environment variables of the supervisor that a worker must not see.
-const SCRUBBED_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID", READY_FD_ENV];
+const SCRUBBED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    READY_FD_ENV,
+];
 
 /// The internal variable that tells a background supervisor where to report
 /// readiness. Not a public contract.
@@ -32,7 +39,9 @@ pub const READY_FD_ENV: &str = "WA_CTL_READY_FD";
 
 /// A worker program that cannot be found.
 #[derive(Debug, thiserror::Error)]
-#[error("worker not found: `{program}` (looked in {looked_in}); install it there or set [worker] command in the config")]
+#[error(
+    "worker not found: `{program}` (looked in {looked_in}); install it there or set [worker] command in the config"
+)]
 pub struct NotFound {
     pub program: String,
     pub looked_in: String,
@@ -56,12 +65,21 @@ pub fn resolve_program(program: &str, base_dir: Option<&Path>) -> Result<PathBuf
         return if is_executable(&path) {
             Ok(path)
         } else {
-            Err(NotFound { program: program.to_owned(), looked_in: path.display().to_string() })
+            Err(NotFound {
+                program: program.to_owned(),
+                looked_in: path.display().to_string(),
+            })
         };
     }
-    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
     let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).filter(|d| d.is_absolute()).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|d| d.is_absolute())
+                .collect()
+        })
         .unwrap_or_default();
     for dir in exe_dir.iter().chain(&path_dirs) {
         let candidate = dir.join(program);
@@ -70,7 +88,10 @@ pub fn resolve_program(program: &str, base_dir: Option<&Path>) -> Result<PathBuf
         }
     }
     let beside = exe_dir.map_or_else(|| "beside wa-ctl".to_owned(), |d| d.display().to_string());
-    Err(NotFound { program: program.to_owned(), looked_in: format!("{beside} and $PATH") })
+    Err(NotFound {
+        program: program.to_owned(),
+        looked_in: format!("{beside} and $PATH"),
+    })
 }
 
 /// What a worker is spawned with.
@@ -102,7 +123,10 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> io::Result<SpawnedWorker> {
     let events_fd: RawFd = write_end.as_raw_fd();
     let supervisor_pid = nix::unistd::getpid();
 
-    #[expect(clippy::disallowed_methods, reason = "this module is the one place that spawns")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "this module is the one place that spawns"
+    )]
     let mut cmd = tokio::process::Command::new(spec.program);
     cmd.args(spec.args)
         .envs(spec.env)
@@ -133,8 +157,14 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> io::Result<SpawnedWorker> {
     }
     let child = cmd.spawn()?;
     drop(write_end);
-    let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
-    Ok(SpawnedWorker { child, pid, events: read_end })
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
+    Ok(SpawnedWorker {
+        child,
+        pid,
+        events: read_end,
+    })
 }
 
 /// Sends `signal` to a process group. `Ok(false)` if the group is empty.
@@ -157,7 +187,10 @@ pub fn spawn_background_supervisor(
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let ready_fd = write_end.as_raw_fd();
     let log_err = log.try_clone()?;
-    #[expect(clippy::disallowed_methods, reason = "this module is the one place that spawns")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "this module is the one place that spawns"
+    )]
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
         .env(READY_FD_ENV, ready_fd.to_string())
@@ -187,7 +220,13 @@ pub fn spawn_background_supervisor(
 pub unsafe fn take_ready_fd() -> Option<OwnedFd> {
     let fd: RawFd = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
     // Reject anything that is not an open descriptor; stdio is never ours.
-    if fd < 3 || nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+    if fd < 3
+        || nix::fcntl::fcntl(
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_GETFD,
+        )
+        .is_err()
+    {
         return None;
     }
     // Keep it out of the workers.
@@ -228,7 +267,10 @@ pub fn find_leftovers(under: &Path) -> Vec<(PathBuf, Leftover)> {
     let uid = nix::unistd::geteuid().as_raw();
     let mut found = Vec::new();
     for p in system.processes().values() {
-        if p.thread_kind().is_some() || p.pid().as_u32() == me || p.user_id().is_none_or(|u| **u != uid) {
+        if p.thread_kind().is_some()
+            || p.pid().as_u32() == me
+            || p.user_id().is_none_or(|u| **u != uid)
+        {
             continue;
         }
         let session_dir = p.environ().iter().find_map(|e| {
@@ -237,8 +279,19 @@ pub fn find_leftovers(under: &Path) -> Vec<(PathBuf, Leftover)> {
             dir.starts_with(under).then(|| dir.to_path_buf())
         });
         if let Some(dir) = session_dir {
-            let cmdline = p.cmd().iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
-            found.push((dir, Leftover { pid: p.pid().as_u32(), cmdline }));
+            let cmdline = p
+                .cmd()
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ");
+            found.push((
+                dir,
+                Leftover {
+                    pid: p.pid().as_u32(),
+                    cmdline,
+                },
+            ));
         }
     }
     found
@@ -276,13 +329,19 @@ pub fn end_leftovers(leftovers: &[Leftover], timeout: Duration) -> io::Result<()
     }
     for fd in &pidfds {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let timeout = nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX);
+        let timeout =
+            nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX);
         let mut fds = [nix::poll::PollFd::new(
             std::os::fd::AsFd::as_fd(fd),
             nix::poll::PollFlags::POLLIN,
         )];
         match nix::poll::poll(&mut fds, timeout) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "a leftover process did not exit")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "a leftover process did not exit",
+                ));
+            }
             Ok(_) => {}
             Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),

@@ -133,17 +133,35 @@ mod tests {
 
     #[test]
     fn events_parse() {
-        assert_eq!(parse_line(br#"{"event":"qr","code":"x"}"#), Ok(WorkerEvent::Qr { code: "x".into() }));
+        assert_eq!(
+            parse_line(br#"{"event":"qr","code":"x"}"#),
+            Ok(WorkerEvent::Qr { code: "x".into() })
+        );
         assert_eq!(
             parse_line(br#"{"event":"pair_code","code":"ABCD-EFGH"}"#),
-            Ok(WorkerEvent::PairCode { code: "ABCD-EFGH".into() })
+            Ok(WorkerEvent::PairCode {
+                code: "ABCD-EFGH".into()
+            })
         );
-        assert_eq!(parse_line(br#"{"event":"connected"}"#), Ok(WorkerEvent::Connected { jid: None }));
+        assert_eq!(
+            parse_line(br#"{"event":"connected"}"#),
+            Ok(WorkerEvent::Connected { jid: None })
+        );
         assert_eq!(
             parse_line(br#"{"event":"closed","code":440,"reason":"conflict","extra":1}"#),
-            Ok(WorkerEvent::Closed { code: 440, reason: Some("conflict".into()) })
+            Ok(WorkerEvent::Closed {
+                code: 440,
+                reason: Some("conflict".into())
+            })
         );
-        for bad in [&b"{"[..], b"null", br#"{"event":"dance"}"#, br#"{"event":"closed"}"#, br#"{"event":"closed","code":-1}"#, b"\xff\xfe"] {
+        for bad in [
+            &b"{"[..],
+            b"null",
+            br#"{"event":"dance"}"#,
+            br#"{"event":"closed"}"#,
+            br#"{"event":"closed","code":-1}"#,
+            b"\xff\xfe",
+        ] {
             assert!(parse_line(bad).is_err(), "{bad:?}");
         }
     }
@@ -151,14 +169,20 @@ mod tests {
     #[test]
     fn splits_across_chunks() {
         let out = split(&[b"ab", b"c\nd", b"\n\n", b"tail"]);
-        assert_eq!(out, vec![Ok(b"abc".to_vec()), Ok(b"d".to_vec()), Ok(b"tail".to_vec())]);
+        assert_eq!(
+            out,
+            vec![Ok(b"abc".to_vec()), Ok(b"d".to_vec()), Ok(b"tail".to_vec())]
+        );
     }
 
     #[test]
     fn long_line_is_dropped_and_the_next_survives() {
         let long = vec![b'x'; MAX_LINE + 10];
         let out = split(&[&long[..1000], &long[1000..], b"\nok\n"]);
-        assert_eq!(out, vec![Err(LineError::TooLong(MAX_LINE + 10)), Ok(b"ok".to_vec())]);
+        assert_eq!(
+            out,
+            vec![Err(LineError::TooLong(MAX_LINE + 10)), Ok(b"ok".to_vec())]
+        );
         let exact = vec![b'y'; MAX_LINE];
         let out = split(&[&exact, b"\n"]);
         assert_eq!(out, vec![Ok(exact)]);

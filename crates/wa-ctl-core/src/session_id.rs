@@ -34,8 +34,13 @@ impl TryFrom<String> for SessionId {
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         let ok = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok { Ok(SessionId(s)) } else { Err(InvalidSessionId(s)) }
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(SessionId(s))
+        } else {
+            Err(InvalidSessionId(s))
+        }
     }
 }
 
@@ -68,7 +73,18 @@ mod tests {
         for ok in ["default", "a", "Sales_2", "x-y", &"z".repeat(64)] {
             assert!(ok.parse::<SessionId>().is_ok(), "{ok}");
         }
-        for bad in ["", "..", "../etc", "/abs", "a/b", "a\0b", "é", "a.b", " ", &"z".repeat(65)] {
+        for bad in [
+            "",
+            "..",
+            "../etc",
+            "/abs",
+            "a/b",
+            "a\0b",
+            "é",
+            "a.b",
+            " ",
+            &"z".repeat(65),
+        ] {
             assert!(bad.parse::<SessionId>().is_err(), "{bad:?}");
         }
     }

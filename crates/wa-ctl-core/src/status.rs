@@ -22,7 +22,8 @@ pub const STATUS_FILE: &str = "status.json";
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the supervisor writes to `status.json` (mode 0600: it may hold a
@@ -102,7 +103,12 @@ fn code_json(code: &str) -> serde_json::Value {
 
 impl StatusReport {
     /// Builds the report from what the lock and the status file say.
-    pub fn build(config: &Config, probe: Probe, record: Option<StatusRecord>, now: SystemTime) -> StatusReport {
+    pub fn build(
+        config: &Config,
+        probe: Probe,
+        record: Option<StatusRecord>,
+        now: SystemTime,
+    ) -> StatusReport {
         let now_ms = unix_ms(now);
         let pid = match probe {
             Probe::Running { pid } => pid.or(record.as_ref().map(|r| r.pid)),
@@ -115,7 +121,10 @@ impl StatusReport {
             .iter()
             .map(|s| {
                 let id = s.id.as_str();
-                match record.as_ref().and_then(|r| r.sessions.iter().find(|x| x.id == id)) {
+                match record
+                    .as_ref()
+                    .and_then(|r| r.sessions.iter().find(|x| x.id == id))
+                {
                     Some(r) => SessionReport {
                         id: id.to_owned(),
                         state: r.state.clone(),
@@ -123,8 +132,12 @@ impl StatusReport {
                         restarts: r.restarts,
                         last_code: r.last_code.as_deref().map(code_json),
                         last_action: r.last_action.clone(),
-                        next_retry_s: r.next_retry_at_ms.map(|t| seconds(t.saturating_sub(now_ms))),
-                        uptime_s: r.worker_started_at_ms.map(|t| seconds(now_ms.saturating_sub(t))),
+                        next_retry_s: r
+                            .next_retry_at_ms
+                            .map(|t| seconds(t.saturating_sub(now_ms))),
+                        uptime_s: r
+                            .worker_started_at_ms
+                            .map(|t| seconds(now_ms.saturating_sub(t))),
                         last_meaning: r
                             .last_code
                             .as_deref()
@@ -151,7 +164,11 @@ impl StatusReport {
                 }
             })
             .collect();
-        StatusReport { running: probe != Probe::NotRunning, pid, sessions }
+        StatusReport {
+            running: probe != Probe::NotRunning,
+            pid,
+            sessions,
+        }
     }
 
     /// The report for the human reader.
@@ -162,12 +179,24 @@ impl StatusReport {
             (true, None) => out.push_str("wa-ctl: running\n"),
             (false, _) => out.push_str("wa-ctl: not running\n"),
         }
-        let header = ["SESSION", "STATE", "PID", "UPTIME", "RESTARTS", "LAST CLOSE", "ACTION", "NEXT RETRY"];
+        let header = [
+            "SESSION",
+            "STATE",
+            "PID",
+            "UPTIME",
+            "RESTARTS",
+            "LAST CLOSE",
+            "ACTION",
+            "NEXT RETRY",
+        ];
         let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
         let dash = || "-".to_owned();
         for s in &self.sessions {
             let last = match (&s.last_code, &s.last_meaning) {
-                (Some(c), Some(m)) => format!("{} ({m})", c.as_str().map_or_else(|| c.to_string(), str::to_owned)),
+                (Some(c), Some(m)) => format!(
+                    "{} ({m})",
+                    c.as_str().map_or_else(|| c.to_string(), str::to_owned)
+                ),
                 (Some(c), None) => c.to_string(),
                 _ => dash(),
             };
@@ -182,9 +211,15 @@ impl StatusReport {
                 s.next_retry_s.map_or_else(dash, human_seconds),
             ]);
         }
-        let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..8)
+            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
         for row in &rows {
-            let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
         }
@@ -239,7 +274,12 @@ mod tests {
     #[test]
     fn live_record() {
         let now = UNIX_EPOCH + Duration::from_millis(10_000);
-        let r = StatusReport::build(&config(), Probe::Running { pid: Some(7) }, Some(record(7)), now);
+        let r = StatusReport::build(
+            &config(),
+            Probe::Running { pid: Some(7) },
+            Some(record(7)),
+            now,
+        );
         assert!(r.running);
         assert_eq!(r.pid, Some(7));
         assert_eq!(r.sessions[0].state, "backoff");
@@ -256,21 +296,44 @@ mod tests {
         let r = StatusReport::build(&config(), Probe::NotRunning, Some(record(7)), now);
         assert!(!r.running);
         assert_eq!(r.pid, None);
-        assert!(r.sessions.iter().all(|s| s.state == "stopped" && s.worker_pid.is_none()));
+        assert!(
+            r.sessions
+                .iter()
+                .all(|s| s.state == "stopped" && s.worker_pid.is_none())
+        );
         // A record written by another pid than the lock holder is stale too.
-        let r = StatusReport::build(&config(), Probe::Running { pid: Some(8) }, Some(record(7)), now);
+        let r = StatusReport::build(
+            &config(),
+            Probe::Running { pid: Some(8) },
+            Some(record(7)),
+            now,
+        );
         assert_eq!(r.sessions[0].state, "starting");
     }
 
     #[test]
     fn json_shape() {
         let now = UNIX_EPOCH + Duration::from_millis(10_000);
-        let r = StatusReport::build(&config(), Probe::Running { pid: Some(7) }, Some(record(7)), now);
+        let r = StatusReport::build(
+            &config(),
+            Probe::Running { pid: Some(7) },
+            Some(record(7)),
+            now,
+        );
         let v = serde_json::to_value(&r).unwrap();
         for key in ["running", "pid", "sessions"] {
             assert!(v.get(key).is_some(), "{key}");
         }
-        for key in ["id", "state", "worker_pid", "restarts", "last_code", "last_action", "next_retry_s", "uptime_s"] {
+        for key in [
+            "id",
+            "state",
+            "worker_pid",
+            "restarts",
+            "last_code",
+            "last_action",
+            "next_retry_s",
+            "uptime_s",
+        ] {
             assert!(v["sessions"][0].get(key).is_some(), "{key}");
         }
     }

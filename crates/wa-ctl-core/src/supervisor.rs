@@ -46,9 +46,17 @@ enum Event {
     /// A second SIGTERM or SIGINT during shutdown: do not wait for the grace period.
     ShutdownNow,
     /// An event line from a worker.
-    Worker { slot: usize, generation: u64, event: WorkerEvent },
+    Worker {
+        slot: usize,
+        generation: u64,
+        event: WorkerEvent,
+    },
     /// A worker was reaped.
-    Exited { slot: usize, generation: u64, exit: ExitKind },
+    Exited {
+        slot: usize,
+        generation: u64,
+        exit: ExitKind,
+    },
     /// A request on the control socket, with where to send the answer.
     Control(Request, oneshot::Sender<Response>),
     /// A session deadline (backoff end, stop grace) may have passed.
@@ -106,16 +114,21 @@ pub fn run(config: Config, options: Options) -> Result<Outcome, SupervisorError>
     let mut ready = Ready(options.ready.map(File::from));
     let result = run_inner(config, options.only, &mut ready);
     match &result {
-        Ok(Outcome::AlreadyRunning(pid)) => {
-            ready.send(&format!("running {}", pid.map_or_else(|| "?".to_owned(), |p| p.to_string())))
-        }
+        Ok(Outcome::AlreadyRunning(pid)) => ready.send(&format!(
+            "running {}",
+            pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
+        )),
         Ok(Outcome::Stopped) => ready.send("error supervisor stopped during start-up"),
         Err(e) => ready.send(&format!("error {e}")),
     }
     result
 }
 
-fn run_inner(config: Config, only: Option<Vec<SessionId>>, ready: &mut Ready) -> Result<Outcome, SupervisorError> {
+fn run_inner(
+    config: Config,
+    only: Option<Vec<SessionId>>,
+    ready: &mut Ready,
+) -> Result<Outcome, SupervisorError> {
     let runtime_dir = config.supervisor.runtime_dir.clone();
     ensure_private_dir(&runtime_dir)?;
     ensure_private_dir(&config.supervisor.state_dir)?;
@@ -131,7 +144,10 @@ fn run_inner(config: Config, only: Option<Vec<SessionId>>, ready: &mut Ready) ->
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| SupervisorError::Io { what: "start the event loop".into(), source })?;
+        .map_err(|source| SupervisorError::Io {
+            what: "start the event loop".into(),
+            source,
+        })?;
     let result = runtime.block_on(async {
         let mut supervisor = Supervisor::new(config, only)?;
         supervisor.run(ready).await
@@ -218,17 +234,32 @@ impl Supervisor {
             what: format!("listen on {}", socket_path.display()),
             source,
         })?;
-        std::fs::set_permissions(&socket_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
-            |source| SupervisorError::Io { what: format!("set the mode of {}", socket_path.display()), source },
-        )?;
-        let io_err = |source| SupervisorError::Io { what: "install signal handlers".into(), source };
+        std::fs::set_permissions(
+            &socket_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|source| SupervisorError::Io {
+            what: format!("set the mode of {}", socket_path.display()),
+            source,
+        })?;
+        let io_err = |source| SupervisorError::Io {
+            what: "install signal handlers".into(),
+            source,
+        };
         let mut sigterm = signal(SignalKind::terminate()).map_err(io_err)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(io_err)?;
         let mut sighup = signal(SignalKind::hangup()).map_err(io_err)?;
 
-        info!(pid = std::process::id(), sessions = self.slots.len(), "supervisor started");
+        info!(
+            pid = std::process::id(),
+            sessions = self.slots.len(),
+            "supervisor started"
+        );
         for idx in 0..self.slots.len() {
-            let wanted = self.only.as_ref().is_none_or(|only| only.contains(&self.slots[idx].config.id));
+            let wanted = self
+                .only
+                .as_ref()
+                .is_none_or(|only| only.contains(&self.slots[idx].config.id));
             if wanted {
                 self.apply(idx, Input::Start);
             }
@@ -287,12 +318,18 @@ impl Supervisor {
                     }
                 }
             }
-            Event::Worker { slot, generation, event } => {
+            Event::Worker {
+                slot,
+                generation,
+                event,
+            } => {
                 if self.slots[slot].generation == generation && self.slots[slot].pgid.is_some() {
                     let id = &self.slots[slot].config.id;
                     match &event {
                         WorkerEvent::Qr { .. } => info!(session = %id, "worker reported a QR code"),
-                        WorkerEvent::PairCode { .. } => info!(session = %id, "worker reported a pair code"),
+                        WorkerEvent::PairCode { .. } => {
+                            info!(session = %id, "worker reported a pair code")
+                        }
                         WorkerEvent::Connected { jid } => {
                             info!(session = %id, jid = jid.as_deref().unwrap_or("-"), "worker connected")
                         }
@@ -306,7 +343,11 @@ impl Supervisor {
                     self.apply(slot, Input::Event(event));
                 }
             }
-            Event::Exited { slot, generation, exit } => {
+            Event::Exited {
+                slot,
+                generation,
+                exit,
+            } => {
                 if self.slots[slot].generation != generation {
                     return;
                 }
@@ -318,10 +359,12 @@ impl Supervisor {
                     ExitKind::Code(c) => format!("status {c}"),
                     ExitKind::Signal(sig) => format!("signal {sig}"),
                 };
-                let retry = s
-                    .session
-                    .next_retry
-                    .map(|t| humantime::format_duration(round_ms(t.saturating_duration_since(Instant::now()))).to_string());
+                let retry = s.session.next_retry.map(|t| {
+                    humantime::format_duration(round_ms(
+                        t.saturating_duration_since(Instant::now()),
+                    ))
+                    .to_string()
+                });
                 info!(
                     session = %s.config.id,
                     exit = exit_text,
@@ -370,7 +413,11 @@ impl Supervisor {
             Request::Stop { session } => (session, Input::Stop),
             Request::Restart { session } => (session, Input::Restart),
         };
-        let Some(idx) = self.slots.iter().position(|s| s.config.id.as_str() == session) else {
+        let Some(idx) = self
+            .slots
+            .iter()
+            .position(|s| s.config.id.as_str() == session)
+        else {
             let known: Vec<&str> = self.slots.iter().map(|s| s.config.id.as_str()).collect();
             let _ = reply.send(Response::error(format!(
                 "no session `{session}` in the configuration (configured: {})",
@@ -472,7 +519,10 @@ impl Supervisor {
             // Under the lock, end what a supervisor killed before us left.
             let leftovers = match &mut self.startup_leftovers {
                 Some(map) => map.remove(&dir).unwrap_or_default(),
-                None => process::find_leftovers(&dir).into_iter().map(|(_, l)| l).collect(),
+                None => process::find_leftovers(&dir)
+                    .into_iter()
+                    .map(|(_, l)| l)
+                    .collect(),
             };
             if !leftovers.is_empty() {
                 let pids: Vec<u32> = leftovers.iter().map(|l| l.pid).collect();
@@ -541,8 +591,12 @@ impl Supervisor {
             n += 1;
         }
         match std::fs::rename(&dir, &target) {
-            Ok(()) => info!(session = %id, to = %target.display(), "logout: credentials quarantined"),
-            Err(e) => error!(session = %id, "logout: cannot move {} to {}: {e}", dir.display(), target.display()),
+            Ok(()) => {
+                info!(session = %id, to = %target.display(), "logout: credentials quarantined")
+            }
+            Err(e) => {
+                error!(session = %id, "logout: cannot move {} to {}: {e}", dir.display(), target.display())
+            }
         }
     }
 
@@ -583,14 +637,20 @@ impl Supervisor {
                         last_action: session.last_action.map(|a| a.as_str().to_owned()),
                         next_retry_at_ms: session.next_retry.map(wall),
                         worker_started_at_ms: session.worker.as_ref().map(|w| wall(w.spawned_at)),
-                        connected_at_ms: session.worker.as_ref().and_then(|w| w.connected_at).map(wall),
+                        connected_at_ms: session
+                            .worker
+                            .as_ref()
+                            .and_then(|w| w.connected_at)
+                            .map(wall),
                         jid: session.jid.clone(),
                         pairing: session.pairing_code.clone(),
                     }
                 })
                 .collect(),
         };
-        let Ok(bytes) = serde_json::to_vec(&record) else { return };
+        let Ok(bytes) = serde_json::to_vec(&record) else {
+            return;
+        };
         if bytes == self.last_status {
             return;
         }
@@ -608,8 +668,17 @@ fn round_ms(d: Duration) -> Duration {
 
 /// Watches one worker: forwards its event lines, notices its exit, ends what
 /// it left in its process group, reaps it, and reports the exit last.
-async fn watch_worker(worker: process::SpawnedWorker, slot: usize, generation: u64, tx: mpsc::Sender<Event>) {
-    let process::SpawnedWorker { mut child, pid, events } = worker;
+async fn watch_worker(
+    worker: process::SpawnedWorker,
+    slot: usize,
+    generation: u64,
+    tx: mpsc::Sender<Event>,
+) {
+    let process::SpawnedWorker {
+        mut child,
+        pid,
+        events,
+    } = worker;
     let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(events) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -630,7 +699,9 @@ async fn watch_worker(worker: process::SpawnedWorker, slot: usize, generation: u
     let mut buf = vec![0u8; 16 * 1024];
     let mut pipe_open = pipe.is_some();
 
-    let forward = |line: crate::protocol::Line, out: &mut Vec<WorkerEvent>| match line.and_then(|l| parse_line(&l)) {
+    let forward = |line: crate::protocol::Line, out: &mut Vec<WorkerEvent>| match line
+        .and_then(|l| parse_line(&l))
+    {
         Ok(event) => out.push(event),
         Err(e) => warn!(pid, "ignoring a line from the worker: {e}"),
     };
@@ -672,7 +743,15 @@ async fn watch_worker(worker: process::SpawnedWorker, slot: usize, generation: u
             }
         }
         for event in batch {
-            if tx.send(Event::Worker { slot, generation, event }).await.is_err() {
+            if tx
+                .send(Event::Worker {
+                    slot,
+                    generation,
+                    event,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -695,17 +774,27 @@ async fn watch_worker(worker: process::SpawnedWorker, slot: usize, generation: u
     // all, so that its last `closed` event decides, not the exit status.
     let mut batch = Vec::new();
     if let Some(p) = &pipe {
-        while pipe_open {
-            match p.try_read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => splitter.push(&buf[..n], |l| forward(l, &mut batch)),
-                Err(_) => break,
+        if pipe_open {
+            loop {
+                match p.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => splitter.push(&buf[..n], |l| forward(l, &mut batch)),
+                    Err(_) => break,
+                }
             }
         }
         splitter.finish(|l| forward(l, &mut batch));
     }
     for event in batch {
-        if tx.send(Event::Worker { slot, generation, event }).await.is_err() {
+        if tx
+            .send(Event::Worker {
+                slot,
+                generation,
+                event,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -723,7 +812,13 @@ async fn watch_worker(worker: process::SpawnedWorker, slot: usize, generation: u
             ExitKind::Code(-1)
         }
     };
-    let _ = tx.send(Event::Exited { slot, generation, exit }).await;
+    let _ = tx
+        .send(Event::Exited {
+            slot,
+            generation,
+            exit,
+        })
+        .await;
 }
 
 /// Serves one control connection: check the peer, read one request, pass it
@@ -731,7 +826,11 @@ async fn watch_worker(worker: process::SpawnedWorker, slot: usize, generation: u
 async fn serve_control(stream: UnixStream, tx: mpsc::Sender<Event>) {
     let uid = nix::unistd::geteuid().as_raw();
     let (read, mut write) = stream.into_split();
-    let peer_ok = read.as_ref().peer_cred().map(|c| c.uid() == uid || c.uid() == 0).unwrap_or(false);
+    let peer_ok = read
+        .as_ref()
+        .peer_cred()
+        .map(|c| c.uid() == uid || c.uid() == 0)
+        .unwrap_or(false);
     let response = if !peer_ok {
         Response::error("permission denied: the control socket serves its owner only")
     } else {
@@ -744,7 +843,9 @@ async fn serve_control(stream: UnixStream, tx: mpsc::Sender<Event>) {
                     if tx.send(Event::Control(request, reply_tx)).await.is_err() {
                         Response::error("the supervisor is exiting")
                     } else {
-                        reply_rx.await.unwrap_or_else(|_| Response::error("the supervisor is exiting"))
+                        reply_rx
+                            .await
+                            .unwrap_or_else(|_| Response::error("the supervisor is exiting"))
                     }
                 }
                 Err(e) => Response::error(format!("bad request: {e}")),
@@ -756,4 +857,37 @@ async fn serve_control(stream: UnixStream, tx: mpsc::Sender<Event>) {
         bytes.push(b'\n');
         let _ = write.write_all(&bytes).await;
     }
+}
+
+/// Ends what a supervisor killed with SIGKILL left behind, for every
+/// configured session whose lock can be taken (a session locked by another
+/// live supervisor is that supervisor's business). Used by `wa-ctl stop`
+/// when no supervisor runs.
+pub fn end_orphans(config: &Config) -> Result<Vec<Leftover>, SupervisorError> {
+    let sessions_root = config.supervisor.state_dir.join("sessions");
+    if !sessions_root.exists() {
+        return Ok(vec![]);
+    }
+    let mut by_dir: HashMap<PathBuf, Vec<Leftover>> = HashMap::new();
+    for (dir, leftover) in process::find_leftovers(&sessions_root) {
+        by_dir.entry(dir).or_default().push(leftover);
+    }
+    let mut ended = Vec::new();
+    for session in &config.sessions {
+        let dir = config.session_dir(&session.id);
+        let Some(leftovers) = by_dir.remove(&dir) else {
+            continue;
+        };
+        let Some(_lock) = SessionLock::try_acquire(&dir)? else {
+            continue;
+        };
+        process::end_leftovers(&leftovers, LEFTOVER_TIMEOUT).map_err(|source| {
+            SupervisorError::Io {
+                what: format!("end leftovers of session {}", session.id),
+                source,
+            }
+        })?;
+        ended.extend(leftovers);
+    }
+    Ok(ended)
 }

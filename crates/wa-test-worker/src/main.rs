@@ -1,1 +1,235 @@
-fn main(){}
+//! `wa-test-worker`: a worker that speaks the wa-ctl worker protocol and does
+//! exactly what its arguments script. The integration tests use it to play
+//! every kind of worker: one that connects, one that reports a close code,
+//! one that crashes, one that ignores SIGTERM, one that forks.
+//!
+//! It is never installed: it lives in its own unpublished crate.
+//!
+//! ```text
+//! wa-test-worker [--log FILE] STEP...
+//! ```
+//!
+//! Steps run in order; after the last one the worker waits for a signal.
+//! SIGTERM makes it exit 0 unless `ignore-term` was run.
+//!
+//! | step | what it does |
+//! |---|---|
+//! | `connect[=JID]` | report `connected` |
+//! | `qr=CODE` | report `qr` |
+//! | `pair=CODE` | report `pair_code` |
+//! | `close=CODE[:REASON]` | report `closed` |
+//! | `sleep=DURATION` | wait (humantime: `50ms`, `2s`) |
+//! | `exit=N` | exit with status N |
+//! | `crash` | die by SIGKILL |
+//! | `ignore-term` | ignore SIGTERM from now on |
+//! | `fork` | fork a grandchild that stays in the group and ignores SIGTERM |
+//! | `write-file=NAME:TEXT` | write a file into the session directory |
+//! | `raw=TEXT` | write TEXT and a newline to the events fd as is |
+//! | `junk=KIND` | write `long` (a 100 KiB line), `binary`, or `flood` (100,000 events) |
+//! | `@N:STEP` | run STEP only on the Nth spawn of this session (1-based) |
+//! | `@N+:STEP` | run STEP on the Nth spawn and every later one |
+//!
+//! With `--log FILE`, each start appends `{"pid":..,"spawn":..,"t_ms":..}` and each
+//! fork appends `{"grandchild":..}`, so tests can count spawns and measure
+//! their spacing.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{SigHandler, Signal, signal};
+
+const USAGE_EXIT: u8 = 2;
+
+extern "C" fn exit_on_term(_: nix::libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { nix::libc::_exit(0) }
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+fn append(path: &Option<PathBuf>, line: &str) {
+    if let Some(path) = path {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open --log file");
+        // One write call per line, so that concurrent writers do not interleave.
+        f.write_all(format!("{line}\n").as_bytes())
+            .expect("write --log file");
+    }
+}
+
+/// Writes one line to the events fd. A closed pipe means the supervisor is
+/// gone; the script goes on regardless.
+fn emit_line(events: &mut File, line: &[u8]) {
+    let mut bytes = line.to_vec();
+    bytes.push(b'\n');
+    let _ = events.write_all(&bytes);
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("wa-test-worker: {msg}");
+    ExitCode::from(USAGE_EXIT)
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut log = None;
+    if args.first().map(String::as_str) == Some("--log") {
+        if args.len() < 2 {
+            return fail("--log needs a file");
+        }
+        log = Some(PathBuf::from(args.remove(1)));
+        args.remove(0);
+    }
+    let (Ok(session_dir), Ok(fd)) = (
+        std::env::var("WA_CTL_SESSION_DIR"),
+        std::env::var("WA_CTL_EVENTS_FD"),
+    ) else {
+        return fail(
+            "WA_CTL_SESSION_DIR and WA_CTL_EVENTS_FD must be set: this worker is run by wa-ctl",
+        );
+    };
+    let Ok(fd) = fd.parse::<i32>() else {
+        return fail("WA_CTL_EVENTS_FD is not a number");
+    };
+    // SAFETY: the supervisor handed us this descriptor for our sole use.
+    let mut events = unsafe { File::from_raw_fd(fd) };
+
+    // Count spawns in the session directory, which survives restarts.
+    let counter = PathBuf::from(&session_dir).join(".test-worker-spawns");
+    let spawn: u32 = std::fs::read_to_string(&counter)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+        + 1;
+    if std::fs::write(&counter, spawn.to_string()).is_err() {
+        return fail("cannot write the spawn counter in the session directory");
+    }
+    append(
+        &log,
+        &format!(
+            r#"{{"pid":{},"spawn":{spawn},"t_ms":{}}}"#,
+            std::process::id(),
+            now_ms()
+        ),
+    );
+
+    // SAFETY: installing a handler that only calls _exit.
+    unsafe { signal(Signal::SIGTERM, SigHandler::Handler(exit_on_term)) }
+        .expect("install SIGTERM handler");
+
+    for raw_step in &args {
+        let mut step = raw_step.as_str();
+        if let Some(rest) = step.strip_prefix('@') {
+            let Some((cond, inner)) = rest.split_once(':') else {
+                return fail(&format!("bad step {raw_step}"));
+            };
+            let (n, or_later) = match cond.strip_suffix('+') {
+                Some(n) => (n, true),
+                None => (cond, false),
+            };
+            let Ok(n) = n.parse::<u32>() else {
+                return fail(&format!("bad spawn number in {raw_step}"));
+            };
+            if !(spawn == n || (or_later && spawn > n)) {
+                continue;
+            }
+            step = inner;
+        }
+        let (name, value) = step.split_once('=').unwrap_or((step, ""));
+        match name {
+            "connect" if value.is_empty() => emit_line(&mut events, br#"{"event":"connected"}"#),
+            "connect" => emit_line(
+                &mut events,
+                serde_json::json!({"event": "connected", "jid": value})
+                    .to_string()
+                    .as_bytes(),
+            ),
+            "qr" => emit_line(
+                &mut events,
+                serde_json::json!({"event": "qr", "code": value})
+                    .to_string()
+                    .as_bytes(),
+            ),
+            "pair" => emit_line(
+                &mut events,
+                serde_json::json!({"event": "pair_code", "code": value})
+                    .to_string()
+                    .as_bytes(),
+            ),
+            "close" => {
+                let (code, reason) = value.split_once(':').unwrap_or((value, ""));
+                let Ok(code) = code.parse::<u16>() else {
+                    return fail(&format!("bad code in {step}"));
+                };
+                let line = serde_json::json!({"event": "closed", "code": code, "reason": reason})
+                    .to_string();
+                emit_line(&mut events, line.as_bytes());
+            }
+            "sleep" => match humantime::parse_duration(value) {
+                Ok(d) => std::thread::sleep(d),
+                Err(e) => return fail(&format!("bad duration in {step}: {e}")),
+            },
+            "exit" => match value.parse::<u8>() {
+                Ok(n) => return ExitCode::from(n),
+                Err(_) => return fail(&format!("bad status in {step}")),
+            },
+            "crash" => {
+                let _ = nix::sys::signal::raise(Signal::SIGKILL);
+            }
+            "ignore-term" => {
+                // SAFETY: SIG_IGN installs no code.
+                unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignore SIGTERM");
+            }
+            "fork" => {
+                // SAFETY: this process is single-threaded.
+                match unsafe { nix::unistd::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => {
+                        // SAFETY: SIG_IGN installs no code.
+                        let _ = unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) };
+                        loop {
+                            nix::unistd::pause();
+                        }
+                    }
+                    Ok(nix::unistd::ForkResult::Parent { child }) => {
+                        append(&log, &format!(r#"{{"grandchild":{child}}}"#));
+                    }
+                    Err(e) => return fail(&format!("fork failed: {e}")),
+                }
+            }
+            "write-file" => {
+                let Some((file, text)) = value.split_once(':') else {
+                    return fail(&format!("bad step {step}"));
+                };
+                if std::fs::write(PathBuf::from(&session_dir).join(file), text).is_err() {
+                    return fail(&format!("cannot write {file}"));
+                }
+            }
+            "raw" => emit_line(&mut events, value.as_bytes()),
+            "junk" => match value {
+                "long" => emit_line(&mut events, "x".repeat(100 * 1024).as_bytes()),
+                "binary" => emit_line(&mut events, b"\xff\xfe\x00\x01garbage\x80"),
+                "flood" => {
+                    for _ in 0..100_000 {
+                        emit_line(&mut events, br#"{"event":"connected"}"#);
+                    }
+                }
+                _ => return fail(&format!("unknown junk kind {value}")),
+            },
+            _ => return fail(&format!("unknown step {step}")),
+        }
+    }
+    loop {
+        nix::unistd::pause();
+    }
+}

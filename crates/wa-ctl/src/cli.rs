@@ -1,0 +1,100 @@
+//! The command line, as clap derive types. Help texts here are the user's
+//! first documentation: each says what the command does and what it exits with.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Supervise WhatsApp Web connection workers: one supervisor per
+/// configuration, exactly one worker process per session, and restarts
+/// decided from the worker's close code.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wa-ctl",
+    version,
+    after_help = "\
+Configuration: --config PATH, else $WA_CTL_CONFIG, else /etc/wa-ctl/wa-ctl.toml (root) or
+$XDG_CONFIG_HOME/wa-ctl/wa-ctl.toml, else the embedded defaults. `wa-ctl check` prints the
+effective configuration.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error,
+3 `status`: not running.
+
+Examples:
+  wa-ctl start                 start the supervisor and every session
+  wa-ctl status                what runs, and why the last worker ended
+  wa-ctl start sales           start one session again, e.g. after a 440 conflict
+  wa-ctl stop                  stop every worker and the supervisor"
+)]
+pub struct Cli {
+    /// The configuration file (TOML)
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the supervisor in the background, or one session of a running one
+    ///
+    /// Returns once the supervisor holds its lock and has spawned its workers.
+    /// If it is already running, prints `already running (pid N)` and exits 0.
+    /// With ID and a running supervisor, starts that session (for example
+    /// after an operator has resolved a 440 conflict, or a logout).
+    Start {
+        /// The session to start; all sessions if omitted
+        id: Option<String>,
+        /// Stay attached: log to stderr and run until SIGTERM or SIGINT (for systemd and containers)
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the supervisor and every worker, or one session
+    ///
+    /// Returns only when every process is gone. Exits 0 when nothing was
+    /// running. With ID, stops that session and the supervisor keeps running.
+    Stop {
+        /// The session to stop; everything if omitted
+        id: Option<String>,
+    },
+    /// Stop and start again: the supervisor, or one session
+    Restart {
+        /// The session to restart; the whole supervisor if omitted
+        id: Option<String>,
+    },
+    /// Show each session: state, worker pid, uptime, restarts, last close code and what was done
+    ///
+    /// Exits 0 when the supervisor is running, 3 when it is not.
+    Status {
+        /// Only this session
+        id: Option<String>,
+        /// One JSON object: {"running","pid","sessions":[...]}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the supervisor's log (<state_dir>/wa-ctl.log)
+    Logs {
+        /// Keep printing lines as they are written
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to print
+        #[arg(short = 'n', long, default_value_t = 50, value_name = "N")]
+        lines: usize,
+    },
+    /// Validate the configuration and print the effective configuration and policy
+    Check,
+}
+
+impl Command {
+    /// Whether this invocation runs a supervisor in this process.
+    pub fn runs_supervisor(&self) -> bool {
+        matches!(
+            self,
+            Command::Start {
+                foreground: true,
+                ..
+            }
+        )
+    }
+}

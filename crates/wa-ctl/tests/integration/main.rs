@@ -1,0 +1,8 @@
+//! Integration tests: the real `wa-ctl` binary supervising the scriptable
+//! `wa-test-worker`. One test binary, so it links once.
+
+mod harness;
+
+mod cli;
+mod guarantees;
+mod policy;
