@@ -177,6 +177,7 @@ pub struct SessionConfig {
     /// The worker's argv; never passed through a shell.
     pub command: Vec<String>,
     /// Extra environment: `[worker] env` with the session's `env` merged over it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
 }
 

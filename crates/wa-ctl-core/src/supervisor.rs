@@ -34,6 +34,10 @@ use crate::status::{STATUS_FILE, SessionRecord, StatusRecord, unix_ms};
 /// How long leftovers of a dead supervisor may take to die after SIGKILL.
 const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How much a watcher reads from the events pipe after its worker exited.
+/// What the worker wrote fits in the pipe buffer (64 KiB by default).
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
 /// Events queued from watcher tasks. Bounded, so that a worker flooding its
 /// events pipe is slowed down by backpressure instead of growing memory.
 const EVENT_QUEUE: usize = 1024;
@@ -324,23 +328,32 @@ impl Supervisor {
                 event,
             } => {
                 if self.slots[slot].generation == generation && self.slots[slot].pgid.is_some() {
-                    let id = &self.slots[slot].config.id;
-                    match &event {
-                        WorkerEvent::Qr { .. } => info!(session = %id, "worker reported a QR code"),
-                        WorkerEvent::PairCode { .. } => {
-                            info!(session = %id, "worker reported a pair code")
-                        }
-                        WorkerEvent::Connected { jid } => {
-                            info!(session = %id, jid = jid.as_deref().unwrap_or("-"), "worker connected")
-                        }
-                        WorkerEvent::Closed { code, reason } => info!(
-                            session = %id,
-                            code,
-                            reason = reason.as_deref().unwrap_or("-"),
-                            "worker reported close"
-                        ),
-                    }
+                    // One line per lifecycle change: a worker repeating an
+                    // event must not flood the log.
+                    let before = (
+                        self.slots[slot].session.state,
+                        self.slots[slot].session.pairing_code.is_some(),
+                    );
+                    let closed = match &event {
+                        WorkerEvent::Closed { code, reason } => Some((*code, reason.clone())),
+                        _ => None,
+                    };
+                    let what = match &event {
+                        WorkerEvent::Qr { .. } => "worker reported a QR code",
+                        WorkerEvent::PairCode { .. } => "worker reported a pair code",
+                        WorkerEvent::Connected { .. } => "worker connected",
+                        WorkerEvent::Closed { .. } => "worker reported close",
+                    };
                     self.apply(slot, Input::Event(event));
+                    let s = &self.slots[slot];
+                    let id = &s.config.id;
+                    if let Some((code, reason)) = closed {
+                        info!(session = %id, code, reason = reason.as_deref().unwrap_or("-"), "{what}");
+                    } else if before != (s.session.state, s.session.pairing_code.is_some()) {
+                        info!(session = %id, state = %s.session.state, jid = s.session.jid.as_deref().unwrap_or("-"), "{what}");
+                    } else {
+                        debug!(session = %id, "{what}");
+                    }
                 }
             }
             Event::Exited {
@@ -774,12 +787,15 @@ async fn watch_worker(
     // all, so that its last `closed` event decides, not the exit status.
     let mut batch = Vec::new();
     if let Some(p) = &pipe {
-        if pipe_open {
-            loop {
-                match p.try_read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => splitter.push(&buf[..n], |l| forward(l, &mut batch)),
-                    Err(_) => break,
+        // Bounded: a process that escaped the group (setsid) could hold the
+        // write end and keep writing forever.
+        let mut budget = DRAIN_LIMIT;
+        while pipe_open && budget > 0 {
+            match p.try_read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    splitter.push(&buf[..n], |l| forward(l, &mut batch));
                 }
             }
         }
