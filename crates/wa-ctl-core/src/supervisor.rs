@@ -1,11 +1,10 @@
-//! The supervisor: one event loop over a closed [`Event`] enum.
+//! The supervisor: one event loop over a closed `Event` enum.
 //!
 //! Signals, worker events, worker exits, control requests and timers all
-//! become `Event` values on one channel or one `select!`. Only the loop
+//! become `Event` values, on one channel or one `select!`. Only the loop
 //! touches session state; the tasks it spawns (one watcher per worker, one
 //! per control connection) only send events. Each session's decisions come
-//! from the pure [`Session`](crate::lifecycle::Session) machine; this module
-//! carries out its effects.
+//! from the pure [`Session`] machine; this module carries out its effects.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
