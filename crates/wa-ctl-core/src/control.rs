@@ -31,6 +31,33 @@ pub enum Request {
     Restart { session: String },
     /// Stop every session and exit; the answer comes once all are reaped.
     Shutdown,
+    /// Start pairing a session (or watch it pair) and stream its progress:
+    /// the answer is a series of [`SessionUpdate`] lines, ending when the
+    /// session is connected, or stops without connecting.
+    Login {
+        session: String,
+        /// The phone number for the pair-code flow (digits only).
+        #[serde(default)]
+        phone: Option<String>,
+    },
+}
+
+/// One line of a `Login` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionUpdate {
+    pub state: String,
+    /// The QR payload waiting to be scanned. Secret: the stream is
+    /// owner-only, like the status file.
+    pub qr: Option<String>,
+    pub pair_code: Option<String>,
+    pub jid: Option<String>,
+    pub last_code: Option<String>,
+    pub last_reason: Option<String>,
+    /// Whether this is the last line: the session is connected, or will not
+    /// get further without an operator.
+    pub done: bool,
+    /// Set on the last line when the request itself failed.
+    pub error: Option<String>,
 }
 
 /// The supervisor's answer.
@@ -107,6 +134,40 @@ pub fn request(
         }
         Err(e) => Err(ControlError::Io(e)),
     }
+}
+
+/// Sends a `Login` request and calls `on_update` for every line until the
+/// stream ends. Waits without a deadline between lines: pairing takes as
+/// long as the person with the phone takes.
+pub fn login(
+    runtime_dir: &Path,
+    session: &str,
+    phone: Option<&str>,
+    mut on_update: impl FnMut(&SessionUpdate) -> io::Result<()>,
+) -> Result<Option<SessionUpdate>, ControlError> {
+    let path = runtime_dir.join(SOCKET_FILE);
+    let mut stream =
+        UnixStream::connect(&path).map_err(|source| ControlError::Connect { path, source })?;
+    let req = Request::Login {
+        session: session.to_owned(),
+        phone: phone.map(str::to_owned),
+    };
+    let mut line = serde_json::to_vec(&req).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(ControlError::Io)?;
+    let mut last = None;
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(ControlError::Io)?;
+        let update: SessionUpdate =
+            serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+        on_update(&update).map_err(ControlError::Io)?;
+        let done = update.done;
+        last = Some(update);
+        if done {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ impl fmt::Display for State {
     }
 }
 
+/// The reason shown when a worker reported `pairing_expired`.
+pub const PAIRING_EXPIRED: &str = "pairing expired";
+
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
@@ -88,6 +91,8 @@ pub struct Worker {
     pub connected_at: Option<Instant>,
     /// The last `closed` event: it decides the action when the worker exits.
     pub close: Option<(u16, Option<String>)>,
+    /// The worker reported that pairing expired.
+    pub pairing_expired: bool,
     /// Set once the supervisor has asked this worker to stop.
     stopping: Option<AfterStop>,
 }
@@ -219,6 +224,7 @@ impl Session {
                     spawned_at: cx.now,
                     connected_at: None,
                     close: None,
+                    pairing_expired: false,
                     stopping: None,
                 });
                 self.state = State::Starting;
@@ -338,6 +344,7 @@ impl Session {
                 }
             }
             WorkerEvent::Closed { code, reason } => worker.close = Some((code, reason)),
+            WorkerEvent::PairingExpired => worker.pairing_expired = true,
         }
     }
 
@@ -361,6 +368,16 @@ impl Session {
                 AfterStop::Rest => vec![Effect::ReleaseLock],
                 AfterStop::Start => self.start(cx, false),
             };
+        }
+
+        if worker.as_ref().is_some_and(|w| w.pairing_expired) {
+            // Not a logout of paired credentials: there is nothing to
+            // quarantine, and a new QR code loop helps nobody. `wa-ctl login`
+            // starts pairing again.
+            self.last_reason = Some(PAIRING_EXPIRED.to_owned());
+            self.last_action = Some(Action::Stop);
+            self.state = State::LoggedOut;
+            return vec![Effect::ReleaseLock];
         }
 
         let connected_for = worker
@@ -707,6 +724,24 @@ mod tests {
             cx,
         );
         assert_eq!(h.session.state, State::Failed);
+    }
+
+    #[test]
+    fn pairing_expired_is_logged_out_without_quarantine() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(Input::Event(WorkerEvent::Qr { code: "q".into() }));
+        h.feed(Input::Event(WorkerEvent::PairingExpired));
+        let e = h.exit_with(None, ExitKind::Code(0));
+        assert_eq!(e, vec![Effect::ReleaseLock]);
+        assert_eq!(h.session.state, State::LoggedOut);
+        assert_eq!(h.session.last_reason.as_deref(), Some(PAIRING_EXPIRED));
+        assert_eq!(h.session.pairing_code, None);
+        assert_eq!(
+            h.feed(Input::Start),
+            vec![Effect::Spawn],
+            "login pairs again"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use crate::protocol::{ENV_EVENTS_FD, ENV_SESSION_DIR, ENV_SESSION_ID};
+use crate::protocol::{ENV_EVENTS_FD, ENV_PAIR_PHONE, ENV_SESSION_DIR, ENV_SESSION_ID};
 
 /// Environment variables of the supervisor that a worker must not see.
 const SCRUBBED_ENV: &[&str] = &[
@@ -102,6 +102,8 @@ pub struct WorkerSpec<'a> {
     pub session_id: &'a str,
     pub session_dir: &'a Path,
     pub env: &'a BTreeMap<String, String>,
+    /// Set for the pair-code flow: becomes `WA_CTL_PAIR_PHONE`.
+    pub pair_phone: Option<&'a str>,
 }
 
 /// A spawned worker and the read end of its events pipe.
@@ -139,6 +141,10 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> io::Result<SpawnedWorker> {
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
+    match spec.pair_phone {
+        Some(phone) => cmd.env(ENV_PAIR_PHONE, phone),
+        None => cmd.env_remove(ENV_PAIR_PHONE),
+    };
     // SAFETY: the closure runs in the child between fork and exec and makes
     // only async-signal-safe system calls (prctl, getppid, fcntl).
     unsafe {
@@ -149,6 +155,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> io::Result<SpawnedWorker> {
                 return Err(io::Error::other("supervisor exited during spawn"));
             }
             // Let exactly this descriptor survive exec.
+            cloexec_all_but(events_fd);
             if nix::libc::fcntl(events_fd, nix::libc::F_SETFD, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
@@ -165,6 +172,30 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> io::Result<SpawnedWorker> {
         pid,
         events: read_end,
     })
+}
+
+/// Marks every descriptor above stderr close-on-exec, except `keep`.
+/// Descriptors that `wa-ctl` itself inherited without close-on-exec (from a
+/// shell, a test harness, a service manager) must not leak into workers.
+/// Runs between fork and exec: one system call per range, nothing else.
+fn cloexec_all_but(keep: RawFd) {
+    const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
+    let ranges = [(3, keep - 1), (keep + 1, nix::libc::c_int::MAX)];
+    for (first, last) in ranges {
+        if first <= last {
+            // SAFETY: close_range only changes descriptor flags. On kernels
+            // without it (before 5.11) it fails with ENOSYS, and the
+            // inherited descriptors stay as they were.
+            unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_close_range,
+                    first as nix::libc::c_uint,
+                    last as nix::libc::c_uint,
+                    CLOSE_RANGE_CLOEXEC,
+                );
+            }
+        }
+    }
 }
 
 /// Sends `signal` to a process group. `Ok(false)` if the group is empty.
@@ -202,6 +233,7 @@ pub fn spawn_background_supervisor(
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
+            cloexec_all_but(ready_fd);
             if nix::libc::fcntl(ready_fd, nix::libc::F_SETFD, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }

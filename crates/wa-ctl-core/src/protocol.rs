@@ -13,6 +13,9 @@ pub const ENV_SESSION_ID: &str = "WA_CTL_SESSION_ID";
 pub const ENV_SESSION_DIR: &str = "WA_CTL_SESSION_DIR";
 /// Environment variable: the number of the inherited pipe's write end.
 pub const ENV_EVENTS_FD: &str = "WA_CTL_EVENTS_FD";
+/// Environment variable, set only when `wa-ctl login --phone` asked for the
+/// pair-code flow: the phone number, digits only, country code first.
+pub const ENV_PAIR_PHONE: &str = "WA_CTL_PAIR_PHONE";
 
 /// The longest line accepted, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -36,6 +39,10 @@ pub enum WorkerEvent {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Pairing timed out: every QR code expired unused. The session shows
+    /// `logged_out` with the reason "pairing expired" and is not restarted
+    /// until `wa-ctl login` (an extension of the four documented events).
+    PairingExpired,
 }
 
 /// Why a line was skipped.

@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, SessionConfig};
-use crate::control::{MAX_REQUEST, Request, Response, SOCKET_FILE};
+use crate::control::{MAX_REQUEST, Request, Response, SOCKET_FILE, SessionUpdate};
 use crate::fsutil::{DirError, ensure_private_dir, write_atomic};
-use crate::lifecycle::{Context, Effect, ExitKind, Input, Session, State};
+use crate::lifecycle::{Context, Effect, ExitKind, Input, PairingCode, Session, State};
 use crate::lock::{LockError, SessionLock, SupervisorLock};
 use crate::process::{self, Leftover, WorkerSpec};
 use crate::protocol::{LineSplitter, WorkerEvent, parse_line};
@@ -62,6 +62,12 @@ enum Event {
     },
     /// A request on the control socket, with where to send the answer.
     Control(Request, oneshot::Sender<Response>),
+    /// `wa-ctl login`: start pairing a session and stream its progress.
+    Login {
+        session: String,
+        phone: Option<String>,
+        updates: mpsc::Sender<SessionUpdate>,
+    },
     /// A session deadline (backoff end, stop grace) may have passed.
     Timer,
 }
@@ -173,6 +179,40 @@ struct Slot {
     pgid: Option<u32>,
     /// Control requests that are answered once the session is not stopping.
     waiters: Vec<oneshot::Sender<Response>>,
+    /// `wa-ctl login` streams following this session.
+    watchers: Vec<mpsc::Sender<SessionUpdate>>,
+    /// The last update sent to the watchers.
+    last_update: Option<SessionUpdate>,
+    /// The phone number for the pair-code flow, until the session connects.
+    pair_phone: Option<String>,
+}
+
+impl Slot {
+    fn update(&self) -> SessionUpdate {
+        let session = &self.session;
+        let (qr, pair_code) = match &session.pairing_code {
+            Some(PairingCode::Qr(code)) => (Some(code.clone()), None),
+            Some(PairingCode::PairCode(code)) => (None, Some(code.clone())),
+            None => (None, None),
+        };
+        SessionUpdate {
+            state: session.state.as_str().to_owned(),
+            qr,
+            pair_code,
+            jid: session.jid.clone(),
+            last_code: session.last_close.map(|c| c.to_string()),
+            last_reason: session.last_reason.clone(),
+            done: matches!(
+                session.state,
+                State::Connected
+                    | State::Stopped
+                    | State::LoggedOut
+                    | State::Failed
+                    | State::Locked
+            ),
+            error: None,
+        }
+    }
 }
 
 struct Supervisor {
@@ -204,6 +244,9 @@ impl Supervisor {
                 generation: 0,
                 pgid: None,
                 waiters: vec![],
+                watchers: vec![],
+                last_update: None,
+                pair_phone: None,
             })
             .collect();
         let seed = unix_ms(SystemTime::now()) ^ (u64::from(std::process::id()) << 32);
@@ -298,6 +341,7 @@ impl Supervisor {
             };
             self.handle(event);
             self.answer_waiters();
+            self.notify_watchers();
             self.write_status();
             if self.shutting_down && self.slots.iter().all(|s| s.session.worker.is_none()) {
                 break;
@@ -342,8 +386,12 @@ impl Supervisor {
                         WorkerEvent::PairCode { .. } => "worker reported a pair code",
                         WorkerEvent::Connected { .. } => "worker connected",
                         WorkerEvent::Closed { .. } => "worker reported close",
+                        WorkerEvent::PairingExpired => "worker reported that pairing expired",
                     };
                     self.apply(slot, Input::Event(event));
+                    if self.slots[slot].session.state == State::Connected {
+                        self.slots[slot].pair_phone = None;
+                    }
                     let s = &self.slots[slot];
                     let id = &s.config.id;
                     if let Some((code, reason)) = closed {
@@ -388,6 +436,11 @@ impl Supervisor {
                 );
             }
             Event::Control(request, reply) => self.control(request, reply),
+            Event::Login {
+                session,
+                phone,
+                updates,
+            } => self.login(session, phone, updates),
             Event::Timer => {
                 let now = Instant::now();
                 for idx in 0..self.slots.len() {
@@ -424,6 +477,11 @@ impl Supervisor {
             Request::Start { session } => (session, Input::Start),
             Request::Stop { session } => (session, Input::Stop),
             Request::Restart { session } => (session, Input::Restart),
+            // Streams are served by `serve_control` as `Event::Login`.
+            Request::Login { .. } => {
+                let _ = reply.send(Response::error("login is a streaming request"));
+                return;
+            }
         };
         let Some(idx) = self
             .slots
@@ -440,6 +498,81 @@ impl Supervisor {
         info!(session = %session, request = ?input, "operator request");
         self.apply(idx, input);
         self.slots[idx].waiters.push(reply);
+    }
+
+    fn login(
+        &mut self,
+        session: String,
+        phone: Option<String>,
+        updates: mpsc::Sender<SessionUpdate>,
+    ) {
+        let fail = |message: String| {
+            let _ = updates.try_send(SessionUpdate {
+                state: String::new(),
+                qr: None,
+                pair_code: None,
+                jid: None,
+                last_code: None,
+                last_reason: None,
+                done: true,
+                error: Some(message),
+            });
+        };
+        if self.shutting_down {
+            return fail("the supervisor is shutting down".to_owned());
+        }
+        let Some(idx) = self
+            .slots
+            .iter()
+            .position(|s| s.config.id.as_str() == session)
+        else {
+            return fail(format!("no session `{session}` in the configuration"));
+        };
+        let slot = &mut self.slots[idx];
+        info!(session = %session, pair_code = phone.is_some(), "operator request: login");
+        let input = if slot.session.state == State::Connected {
+            None
+        } else if let Some(phone) = phone {
+            // A running worker was started without this phone number: it
+            // must start again to use the pair-code flow.
+            let restart =
+                slot.session.worker.is_some() && slot.pair_phone.as_deref() != Some(phone.as_str());
+            slot.pair_phone = Some(phone);
+            Some(if restart {
+                Input::Restart
+            } else {
+                Input::Start
+            })
+        } else {
+            Some(Input::Start)
+        };
+        slot.watchers.push(updates);
+        // Everyone watching gets the current state first.
+        slot.last_update = None;
+        if let Some(input) = input {
+            self.apply(idx, input);
+        }
+    }
+
+    /// Sends each `wa-ctl login` stream the session's state when it changed,
+    /// and ends the streams of sessions that are done.
+    fn notify_watchers(&mut self) {
+        for slot in &mut self.slots {
+            if slot.watchers.is_empty() {
+                continue;
+            }
+            let update = slot.update();
+            if slot.last_update.as_ref() == Some(&update) {
+                continue;
+            }
+            // A watcher that does not keep up, or went away, is dropped
+            // rather than allowed to hold up the loop.
+            slot.watchers.retain(|w| w.try_send(update.clone()).is_ok());
+            if update.done {
+                slot.watchers.clear();
+            }
+            slot.last_update = Some(update);
+        }
     }
 
     /// Answers the control requests of sessions that are no longer stopping.
@@ -560,6 +693,7 @@ impl Supervisor {
             session_id: id.as_str(),
             session_dir: &dir,
             env: &slot.config.env,
+            pair_phone: slot.pair_phone.as_deref(),
         };
         match process::spawn_worker(&spec) {
             Ok(worker) => {
@@ -853,6 +987,31 @@ async fn serve_control(stream: UnixStream, tx: mpsc::Sender<Event>) {
         let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
         match reader.read_line(&mut line).await {
             Ok(_) => match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Login { session, phone }) => {
+                    let (updates_tx, mut updates_rx) = mpsc::channel(16);
+                    if tx
+                        .send(Event::Login {
+                            session,
+                            phone,
+                            updates: updates_tx,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        Response::error("the supervisor is exiting")
+                    } else {
+                        while let Some(update) = updates_rx.recv().await {
+                            let Ok(mut bytes) = serde_json::to_vec(&update) else {
+                                return;
+                            };
+                            bytes.push(b'\n');
+                            if write.write_all(&bytes).await.is_err() || update.done {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                }
                 Ok(request) => {
                     let (reply_tx, reply_rx) = oneshot::channel();
                     if tx.send(Event::Control(request, reply_tx)).await.is_err() {

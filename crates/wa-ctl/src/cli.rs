@@ -73,6 +73,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pair a session with a phone: show its QR code (or pair code) until it connects
+    ///
+    /// Starts (or restarts) the session's worker through the running
+    /// supervisor, starting the supervisor if needed, and renders each new QR
+    /// code as it arrives. Scan it in WhatsApp: Settings > Linked devices >
+    /// Link a device. Ends when the session is connected (exit 0), when
+    /// pairing expires or the session stops (exit 1), or on Ctrl-C.
+    Login {
+        /// The session to pair; may be omitted when only one is configured
+        id: Option<String>,
+        /// Link with a pair code instead of a QR code: the phone number in
+        /// international format, e.g. +15551234567
+        #[arg(long, value_name = "E.164")]
+        phone: Option<String>,
+    },
     /// Print the supervisor's log (<state_dir>/wa-ctl.log)
     Logs {
         /// Keep printing lines as they are written

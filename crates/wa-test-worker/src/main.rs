@@ -16,7 +16,7 @@
 //! |---|---|
 //! | `connect[=JID]` | report `connected` |
 //! | `qr=CODE` | report `qr` |
-//! | `pair=CODE` | report `pair_code` |
+//! | `pair=CODE` | report `pair_code`; `pair=$PHONE` reports `PH` and `$WA_CTL_PAIR_PHONE` |
 //! | `close=CODE[:REASON]` | report `closed` |
 //! | `sleep=DURATION` | wait (humantime: `50ms`, `2s`) |
 //! | `exit=N` | exit with status N |
@@ -161,6 +161,12 @@ fn main() -> ExitCode {
                     .to_string()
                     .as_bytes(),
             ),
+            "pair" if value == "$PHONE" => {
+                let phone = std::env::var("WA_CTL_PAIR_PHONE").unwrap_or_default();
+                let line = serde_json::json!({"event": "pair_code", "code": format!("PH{phone}")})
+                    .to_string();
+                emit_line(&mut events, line.as_bytes());
+            }
             "pair" => emit_line(
                 &mut events,
                 serde_json::json!({"event": "pair_code", "code": value})

@@ -87,9 +87,8 @@ fn missing_config_file_is_an_error() {
 }
 
 #[test]
-fn default_worker_not_found_is_a_clear_error() {
-    // Only the directories are configured: the worker is the default `wa-worker`.
-    let env = TestEnv::new("");
+fn worker_not_found_is_a_clear_error() {
+    let env = TestEnv::new("[worker]\ncommand = [\"no-such-wa-worker\"]\n");
     let mut cmd = command(&wa_ctl_bin());
     cmd.arg("--config")
         .arg(&env.config)
@@ -99,10 +98,25 @@ fn default_worker_not_found_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("worker not found") && err.contains("`wa-worker`"),
+        err.contains("worker not found") && err.contains("`no-such-wa-worker`"),
         "{err}"
     );
     assert!(env.supervisors().is_empty());
+}
+
+#[test]
+fn workers_inherit_only_their_events_fd() {
+    let env = TestEnv::with_worker(&["connect"], "");
+    env.ok(&["start"]);
+    let pid = env.wait_state("default", "connected")["worker_pid"]
+        .as_u64()
+        .unwrap();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    // stdin, stdout, stderr and the events pipe, whatever the caller leaked.
+    assert_eq!(fds.len(), 4, "{fds:?}");
 }
 
 #[test]
@@ -147,4 +161,98 @@ fn help_teaches() {
     ] {
         assert!(out.contains(word), "{word} missing from --help");
     }
+}
+
+#[test]
+fn login_renders_each_qr_code_until_connected() {
+    let env = TestEnv::with_worker(
+        &[
+            "qr=first-code",
+            "sleep=300ms",
+            "qr=second-code",
+            "sleep=300ms",
+            "connect=111@s.whatsapp.net",
+        ],
+        "",
+    );
+    // The supervisor is not running: login starts it.
+    let out = env.wa_ctl(&["login"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert_eq!(
+        stdout.matches("Scan with WhatsApp").count(),
+        2,
+        "one QR per new code: {stdout}"
+    );
+    assert!(
+        stdout.contains('▀') || stdout.contains('▄') || stdout.contains('█'),
+        "a QR code is drawn"
+    );
+    assert!(
+        !stdout.contains("first-code"),
+        "the payload is drawn, not printed"
+    );
+    assert!(
+        stdout.contains("connected as 111@s.whatsapp.net"),
+        "{stdout}"
+    );
+    assert_eq!(env.session("default")["state"], "connected");
+    // Logging in a connected session says so at once.
+    let again = env.ok(&["login", "default"]);
+    assert!(again.contains("connected"), "{again}");
+    // The QR payload reaches the log at DEBUG at most.
+    let log = std::fs::read_to_string(env.state_dir().join("wa-ctl.log")).unwrap();
+    assert!(!log.contains("first-code"), "{log}");
+}
+
+#[test]
+fn login_with_phone_uses_the_pair_code_flow() {
+    let env = TestEnv::with_worker(&["@1:qr=q", "pair=$PHONE", "sleep=200ms", "connect"], "");
+    env.ok(&["start"]);
+    env.wait_state("default", "pairing");
+    let out = env.ok(&["login", "--phone", "+15551234567"]);
+    assert!(
+        out.contains("Pair code for session default: PH15551234567"),
+        "{out}"
+    );
+    assert!(out.contains("connected"), "{out}");
+    let bad = env.wa_ctl(&["login", "--phone", "12"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn pairing_expired_is_logged_out_and_login_pairs_again() {
+    let env = TestEnv::with_worker(
+        &[
+            "@1:qr=q1",
+            "@1:raw={\"event\":\"pairing_expired\"}",
+            "@1:exit=0",
+            "@2+:qr=q2",
+            "@2+:sleep=200ms",
+            "@2+:connect",
+        ],
+        "",
+    );
+    env.ok(&["start"]);
+    let s = env.wait_state("default", "logged_out");
+    assert_eq!(s["last_reason"], "pairing expired");
+    assert_eq!(env.spawns().len(), 1, "no endless loop of new QR codes");
+    assert!(
+        env.state_dir().join("sessions/default").exists(),
+        "nothing to quarantine"
+    );
+    let out = env.ok(&["login"]);
+    assert!(out.contains("connected"), "{out}");
+    assert_eq!(env.spawns().len(), 2);
+}
+
+#[test]
+fn login_reports_pairing_expiry() {
+    let env = TestEnv::with_worker(
+        &["qr=q1", "raw={\"event\":\"pairing_expired\"}", "exit=0"],
+        "",
+    );
+    let out = env.wa_ctl(&["login"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("pairing expired"), "{}", stderr(&out));
 }

@@ -6,3 +6,4 @@ mod harness;
 mod cli;
 mod guarantees;
 mod policy;
+mod real_worker;
