@@ -336,6 +336,7 @@ fn login(config: &Config, id: Option<String>, phone: Option<String>) -> anyhow::
     }
     let mut shown_qr: Option<String> = None;
     let mut shown_code: Option<String> = None;
+    let mut shown_state = String::new();
     let last = control::login(
         &config.supervisor.runtime_dir,
         &id,
@@ -363,6 +364,17 @@ fn login(config: &Config, id: Option<String>, phone: Option<String>) -> anyhow::
             ));
                 shown_code = Some(code.clone());
             }
+            // Progress: every state change but the last one (the outcome is
+            // printed below) goes to stderr, with the why of a close.
+            if !update.done && update.state != shown_state && update.state != "pairing" {
+                let why = match (&update.last_code, &update.last_reason) {
+                    (Some(code), Some(reason)) => format!(" (last close {code}: {reason})"),
+                    (Some(code), None) => format!(" (last close {code})"),
+                    _ => String::new(),
+                };
+                eprintln!("wa-ctl: session {id}: {}{why}", update.state);
+            }
+            shown_state.clone_from(&update.state);
             out(&text).map_err(std::io::Error::other)
         },
     )?;
