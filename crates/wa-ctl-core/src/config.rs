@@ -204,7 +204,16 @@ pub struct Config {
 impl Config {
     /// Finds, reads and validates the configuration, as the CLI does.
     pub fn load(flag: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
-        match env.config_candidate(flag) {
+        // Absolute from the start: relative paths inside the file are
+        // resolved from its directory, whatever the process's cwd later is.
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        let candidate = env.config_candidate(flag).map(|c| match c {
+            ConfigSource::Flag(p) => ConfigSource::Flag(absolute(p)),
+            ConfigSource::Env(p) => ConfigSource::Env(absolute(p)),
+            ConfigSource::DefaultPath(p) => ConfigSource::DefaultPath(absolute(p)),
+            ConfigSource::Embedded => ConfigSource::Embedded,
+        });
+        match candidate {
             Some(source @ ConfigSource::DefaultPath(_)) => {
                 let path = source.path().expect("default path source has a path");
                 match std::fs::read_to_string(path) {

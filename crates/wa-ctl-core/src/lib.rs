@@ -4,6 +4,7 @@
 //! The `wa-ctl` binary is a thin shell over this crate. The worker side of
 //! the protocol lives in [`protocol`]; a worker never links this crate.
 
+pub mod census;
 pub mod config;
 pub mod control;
 pub mod fsutil;

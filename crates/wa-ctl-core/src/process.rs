@@ -104,6 +104,9 @@ pub struct WorkerSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Set for the pair-code flow: becomes `WA_CTL_PAIR_PHONE`.
     pub pair_phone: Option<&'a str>,
+    /// The working directory: the config file's directory, so that relative
+    /// paths in the command mean what they mean in the config file.
+    pub cwd: &'a Path,
 }
 
 /// A spawned worker and the read end of its events pipe.
@@ -136,6 +139,7 @@ pub fn spawn_worker(spec: &WorkerSpec<'_>) -> io::Result<SpawnedWorker> {
         .env(ENV_SESSION_DIR, spec.session_dir)
         .env(ENV_EVENTS_FD, events_fd.to_string())
         .stdin(std::process::Stdio::null())
+        .current_dir(spec.cwd)
         .process_group(0)
         .kill_on_drop(false);
     for var in SCRUBBED_ENV {

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::census::Census;
 use crate::config::Config;
 use crate::lifecycle::PairingCode;
 use crate::lock::Probe;
@@ -67,6 +68,10 @@ pub struct StatusReport {
     pub running: bool,
     pub pid: Option<u32>,
     pub sessions: Vec<SessionReport>,
+    /// The process census: supervisors, workers and strays, counted from
+    /// the process table.
+    #[serde(default)]
+    pub processes: Census,
 }
 
 /// One session of `wa-ctl status --json`. The first eight fields are the
@@ -168,6 +173,7 @@ impl StatusReport {
             running: probe != Probe::NotRunning,
             pid,
             sessions,
+            processes: Census::default(),
         }
     }
 
@@ -211,6 +217,15 @@ impl StatusReport {
                 s.next_retry_s.map_or_else(dash, human_seconds),
             ]);
         }
+        let p = &self.processes;
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let census_line = format!(
+            "processes: {}, {}, {}\n",
+            plural(p.supervisors, "supervisor", "supervisors"),
+            plural(p.workers, "worker", "workers"),
+            plural(p.strays.len(), "stray", "strays"),
+        );
         let widths: Vec<usize> = (0..8)
             .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
             .collect();
@@ -222,6 +237,20 @@ impl StatusReport {
                 .collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
+        }
+        out.push_str(&census_line);
+        if !p.strays.is_empty() {
+            out.push_str(&format!(
+                "\nWARNING: {} running the worker command outside this supervisor.\n\
+                 Two connections with the same credentials knock each other off (440 conflict loop).\n",
+                plural(p.strays.len(), "process is", "processes are"),
+            ));
+            for stray in &p.strays {
+                out.push_str(&format!("  stray pid {}: {}\n", stray.pid, stray.cmdline));
+            }
+            out.push_str(
+                "End them with `wa-ctl stop --all` (this user's only), then `wa-ctl start`.\n",
+            );
         }
         out
     }

@@ -397,7 +397,7 @@ impl Supervisor {
                     if let Some((code, reason)) = closed {
                         info!(session = %id, code, reason = reason.as_deref().unwrap_or("-"), "{what}");
                     } else if before != (s.session.state, s.session.pairing_code.is_some()) {
-                        info!(session = %id, state = %s.session.state, jid = s.session.jid.as_deref().unwrap_or("-"), "{what}");
+                        info!(session = %id, state = %s.session.state, jid = %s.session.jid.as_deref().unwrap_or("-"), "{what}");
                     } else {
                         debug!(session = %id, "{what}");
                     }
@@ -427,11 +427,11 @@ impl Supervisor {
                 });
                 info!(
                     session = %s.config.id,
-                    exit = exit_text,
+                    exit = %exit_text,
                     code = %s.session.last_close.map_or_else(|| "-".to_owned(), |c| c.to_string()),
-                    action = s.session.last_action.map_or("-", |a| a.as_str()),
+                    action = %s.session.last_action.map_or("-", |a| a.as_str()),
                     state = %s.session.state,
-                    retry_in = retry.as_deref().unwrap_or("-"),
+                    retry_in = %retry.as_deref().unwrap_or("-"),
                     "worker exited"
                 );
             }
@@ -694,6 +694,7 @@ impl Supervisor {
             session_dir: &dir,
             env: &slot.config.env,
             pair_phone: slot.pair_phone.as_deref(),
+            cwd: base_dir.unwrap_or(Path::new("/")),
         };
         match process::spawn_worker(&spec) {
             Ok(worker) => {

@@ -57,6 +57,11 @@ pub enum Command {
     Stop {
         /// The session to stop; everything if omitted
         id: Option<String>,
+        /// Also end strays: processes of this user that run a configured
+        /// worker command outside the supervisor (what `pkill -f` was for).
+        /// SIGTERM, then SIGKILL after stop_timeout; only exact matches.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
     },
     /// Stop and start again: the supervisor, or one session
     Restart {
@@ -65,6 +70,9 @@ pub enum Command {
     },
     /// Show each session: state, worker pid, uptime, restarts, last close code and what was done
     ///
+    /// Also counts the processes from the process table: supervisors, workers,
+    /// and strays (a worker command running outside the supervisor, which
+    /// causes 440 loops), with a loud warning when strays exist.
     /// Exits 0 when the supervisor is running, 3 when it is not.
     Status {
         /// Only this session

@@ -15,7 +15,7 @@ use wa_ctl_core::fsutil::ensure_private_dir;
 use wa_ctl_core::lock::{Probe, SupervisorLock};
 use wa_ctl_core::policy::DEFAULT_ACTION;
 use wa_ctl_core::status::{StatusRecord, StatusReport};
-use wa_ctl_core::{process, supervisor};
+use wa_ctl_core::{census, process, supervisor};
 
 use crate::cli::{Cli, Command};
 use crate::exit::{self, UsageError};
@@ -29,7 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = Config::load(cli.config.as_deref(), &Environment::from_process())?;
     match cli.command {
         Command::Start { id, foreground } => start(&config, id, foreground),
-        Command::Stop { id } => stop(&config, id),
+        Command::Stop { id, all } => stop(&config, id, all),
         Command::Restart { id } => restart(&config, id),
         Command::Status { id, json } => status(&config, id, json),
         Command::Logs { follow, lines } => logs(&config, follow, lines),
@@ -192,7 +192,34 @@ fn session_request(config: &Config, request: Request, timeout: Duration) -> anyh
     }
 }
 
-fn stop(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
+fn stop(config: &Config, id: Option<String>, all: bool) -> anyhow::Result<u8> {
+    let code = stop_supervisor(config, id)?;
+    if all {
+        end_strays(config)?;
+    }
+    Ok(code)
+}
+
+/// `stop --all`: after the supervisor, the strays.
+fn end_strays(config: &Config) -> anyhow::Result<()> {
+    let census = census::take(config, &census::Owned::default());
+    let ended = census::end_strays(&census.strays, config.supervisor.stop_timeout)?;
+    for stray in &ended {
+        out(&format!(
+            "ended stray process {} ({})\n",
+            stray.pid, stray.cmdline
+        ))?;
+    }
+    for stray in census.strays.iter().filter(|s| !s.same_user) {
+        eprintln!(
+            "wa-ctl: warning: stray process {} ({}) belongs to another user: not signalled",
+            stray.pid, stray.cmdline
+        );
+    }
+    Ok(())
+}
+
+fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
     if let Some(id) = &id {
         check_session(config, id)?;
     }
@@ -257,7 +284,7 @@ fn restart(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
             }
         }
         None => {
-            stop(config, None)?;
+            stop(config, None, false)?;
             start(config, None, false)
         }
     }
@@ -273,6 +300,15 @@ fn status(config: &Config, id: Option<String>, json: bool) -> anyhow::Result<u8>
         Probe::NotRunning => None,
     };
     let mut report = StatusReport::build(config, probe, record, SystemTime::now());
+    let owned = census::Owned {
+        supervisor: report.pid,
+        workers: report
+            .sessions
+            .iter()
+            .filter_map(|s| s.worker_pid)
+            .collect(),
+    };
+    report.processes = census::take(config, &owned);
     if let Some(id) = &id {
         report.sessions.retain(|s| &s.id == id);
     }

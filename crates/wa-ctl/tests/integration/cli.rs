@@ -147,6 +147,57 @@ fn logs_show_lifecycle_lines() {
 }
 
 #[test]
+fn logs_follow_prints_new_lines() {
+    use std::io::BufRead;
+    let env = TestEnv::with_worker(&["connect"], "");
+    env.ok(&["start"]);
+    env.wait_state("default", "connected");
+    let mut cmd = command(&wa_ctl_bin());
+    cmd.arg("--config")
+        .arg(&env.config)
+        .args(["logs", "-f", "-n", "0"]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut follower = cmd.spawn().unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    env.ok(&["stop", "default"]);
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    let mut found = false;
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        if line.contains("sending SIGTERM") {
+            found = true;
+            break;
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(found, "logs -f did not print the new line");
+}
+
+#[test]
+fn restart_replaces_the_supervisor() {
+    let env = TestEnv::with_worker(&["connect"], "");
+    env.ok(&["start"]);
+    let first = env.supervisor_pid();
+    env.ok(&["restart"]);
+    env.wait_state("default", "connected");
+    assert_ne!(env.supervisor_pid(), first);
+    assert_eq!(env.supervisors().len(), 1);
+    assert_eq!(env.worker_processes().len(), 1);
+}
+
+#[test]
 fn help_teaches() {
     let env = TestEnv::new("");
     let out = env.ok(&["--help"]);

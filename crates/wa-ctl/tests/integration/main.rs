@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod census;
 mod cli;
 mod guarantees;
 mod policy;
