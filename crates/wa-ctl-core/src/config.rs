@@ -134,6 +134,10 @@ impl Environment {
         if let Some(p) = self.var(CONFIG_ENV) {
             return Some(ConfigSource::Env(PathBuf::from(p)));
         }
+        // Under systemd with ConfigurationDirectory=wa-ctl.
+        if let Some(dir) = self.systemd_dir("CONFIGURATION_DIRECTORY") {
+            return Some(ConfigSource::DefaultPath(dir.join("wa-ctl.toml")));
+        }
         let default = if self.is_root {
             Some(PathBuf::from(SYSTEM_CONFIG_PATH))
         } else {
@@ -143,7 +147,18 @@ impl Environment {
         default.map(ConfigSource::DefaultPath)
     }
 
+    /// A directory systemd created for the service (`RuntimeDirectory=`,
+    /// `StateDirectory=`, ...): the first of the colon-separated list.
+    fn systemd_dir(&self, var: &str) -> Option<PathBuf> {
+        let value = self.var(var)?.to_str()?;
+        let first = PathBuf::from(value.split(':').next()?);
+        first.is_absolute().then_some(first)
+    }
+
     fn default_runtime_dir(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(dir) = self.systemd_dir("RUNTIME_DIRECTORY") {
+            return Ok(dir);
+        }
         if self.is_root {
             return Ok(PathBuf::from("/run/wa-ctl"));
         }
@@ -157,6 +172,9 @@ impl Environment {
     }
 
     fn default_state_dir(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(dir) = self.systemd_dir("STATE_DIRECTORY") {
+            return Ok(dir);
+        }
         if self.is_root {
             return Ok(PathBuf::from("/var/lib/wa-ctl"));
         }
@@ -647,6 +665,34 @@ mod tests {
         assert_eq!(
             env.config_candidate(None),
             Some(ConfigSource::DefaultPath(SYSTEM_CONFIG_PATH.into()))
+        );
+    }
+
+    #[test]
+    fn systemd_directories() {
+        let env = Environment::new(
+            false,
+            [
+                (
+                    "RUNTIME_DIRECTORY".to_owned(),
+                    OsString::from("/run/wa-ctl"),
+                ),
+                (
+                    "STATE_DIRECTORY".to_owned(),
+                    OsString::from("/var/lib/wa-ctl:/var/lib/other"),
+                ),
+                (
+                    "CONFIGURATION_DIRECTORY".to_owned(),
+                    OsString::from("/etc/wa-ctl"),
+                ),
+            ],
+        );
+        let c = Config::parse("", ConfigSource::Embedded, &env).unwrap();
+        assert_eq!(c.supervisor.runtime_dir, Path::new("/run/wa-ctl"));
+        assert_eq!(c.supervisor.state_dir, Path::new("/var/lib/wa-ctl"));
+        assert_eq!(
+            env.config_candidate(None),
+            Some(ConfigSource::DefaultPath("/etc/wa-ctl/wa-ctl.toml".into()))
         );
     }
 

@@ -16,3 +16,4 @@ pub mod protocol;
 pub mod session_id;
 pub mod status;
 pub mod supervisor;
+pub mod systemd;

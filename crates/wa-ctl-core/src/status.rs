@@ -33,6 +33,9 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 pub struct StatusRecord {
     pub pid: u32,
     pub started_at_ms: u64,
+    /// The supervisor logs to the journal (it runs under systemd).
+    #[serde(default)]
+    pub journal: bool,
     pub sessions: Vec<SessionRecord>,
 }
 
@@ -283,6 +286,7 @@ mod tests {
         StatusRecord {
             pid,
             started_at_ms: 1_000,
+            journal: false,
             sessions: vec![SessionRecord {
                 id: "a".into(),
                 state: "backoff".into(),

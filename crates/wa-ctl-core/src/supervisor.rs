@@ -29,6 +29,7 @@ use crate::process::{self, Leftover, WorkerSpec};
 use crate::protocol::{LineSplitter, WorkerEvent, parse_line};
 use crate::session_id::SessionId;
 use crate::status::{STATUS_FILE, SessionRecord, StatusRecord, unix_ms};
+use crate::systemd::Notifier;
 
 /// How long leftovers of a dead supervisor may take to die after SIGKILL.
 const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,6 +230,7 @@ struct Supervisor {
     startup_leftovers: Option<HashMap<PathBuf, Vec<Leftover>>>,
     /// The sessions to start at start-up; all if `None`.
     only: Option<Vec<SessionId>>,
+    notifier: Notifier,
 }
 
 impl Supervisor {
@@ -268,6 +270,7 @@ impl Supervisor {
             last_status: vec![],
             startup_leftovers: Some(by_dir),
             only,
+            notifier: Notifier::from_env(),
         })
     }
 
@@ -313,6 +316,10 @@ impl Supervisor {
         self.startup_leftovers = None;
         self.write_status();
         ready.send(&format!("ready {}", std::process::id()));
+        let summary = self.summary();
+        self.notifier.ready(&summary);
+        let watchdog_interval = self.notifier.watchdog_interval();
+        let mut watchdog_at = watchdog_interval.map(|i| Instant::now() + i);
 
         loop {
             let deadline = self.slots.iter().filter_map(|s| s.session.deadline()).min();
@@ -338,11 +345,25 @@ impl Supervisor {
                     continue;
                 }
                 () = timer => Event::Timer,
+                () = async {
+                    match watchdog_at {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Reached only when the loop is free to run: a stuck loop
+                    // misses its keep-alive and systemd restarts it.
+                    self.notifier.watchdog();
+                    watchdog_at = watchdog_interval.map(|i| Instant::now() + i);
+                    continue;
+                }
             };
             self.handle(event);
             self.answer_waiters();
             self.notify_watchers();
             self.write_status();
+            let summary = self.summary();
+            self.notifier.status(&summary);
             if self.shutting_down && self.slots.iter().all(|s| s.session.worker.is_none()) {
                 break;
             }
@@ -458,6 +479,7 @@ impl Supervisor {
         }
         info!("stopping every session");
         self.shutting_down = true;
+        self.notifier.stopping();
         for idx in 0..self.slots.len() {
             self.apply(idx, Input::Stop);
         }
@@ -747,6 +769,32 @@ impl Supervisor {
         }
     }
 
+    /// The one-line summary for systemd's `STATUS=`, e.g.
+    /// `default: connected; sales: backoff 8s (408)`.
+    fn summary(&self) -> String {
+        let now = Instant::now();
+        let parts: Vec<String> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let session = &s.session;
+                let mut part = format!("{}: {}", s.config.id, session.state);
+                if let Some(retry) = session.next_retry {
+                    part.push_str(&format!(
+                        " {}s",
+                        retry.saturating_duration_since(now).as_secs_f64().ceil() as u64
+                    ));
+                }
+                if let (Some(code), false) = (session.last_close, session.state == State::Connected)
+                {
+                    part.push_str(&format!(" ({code})"));
+                }
+                part
+            })
+            .collect();
+        parts.join("; ")
+    }
+
     /// A uniform sample from [-1, 1] (xorshift64*: jitter needs no crypto).
     fn jitter(&mut self) -> f64 {
         self.rng ^= self.rng >> 12;
@@ -769,6 +817,7 @@ impl Supervisor {
         let record = StatusRecord {
             pid: std::process::id(),
             started_at_ms: unix_ms(self.started_at),
+            journal: std::env::var_os("JOURNAL_STREAM").is_some(),
             sessions: self
                 .slots
                 .iter()

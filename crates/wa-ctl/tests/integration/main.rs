@@ -8,3 +8,4 @@ mod cli;
 mod guarantees;
 mod policy;
 mod real_worker;
+mod systemd;
