@@ -32,10 +32,11 @@ impl Notifier {
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {
-        if self.enabled {
-            if let Err(e) = sd_notify::notify(states) {
-                warn!("cannot notify the service manager: {e}");
-            }
+        if !self.enabled {
+            return;
+        }
+        if let Err(e) = sd_notify::notify(states) {
+            warn!("cannot notify the service manager: {e}");
         }
     }
 
