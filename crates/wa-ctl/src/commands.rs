@@ -448,13 +448,13 @@ fn login(config: &Config, id: Option<String>, phone: Option<String>) -> anyhow::
 }
 
 fn logs(config: &Config, follow: bool, lines: usize) -> anyhow::Result<u8> {
-    if let Probe::Running { .. } = probe(config)? {
-        if StatusRecord::read(&config.supervisor.runtime_dir).is_some_and(|r| r.journal) {
-            out(
-                "wa-ctl runs under systemd and logs to the journal: use `journalctl -u wa-ctl` (add -f to follow)\n",
-            )?;
-            return Ok(exit::SUCCESS);
-        }
+    let under_journal = matches!(probe(config)?, Probe::Running { .. })
+        && StatusRecord::read(&config.supervisor.runtime_dir).is_some_and(|r| r.journal);
+    if under_journal {
+        out(
+            "wa-ctl runs under systemd and logs to the journal: use `journalctl -u wa-ctl` (add -f to follow)\n",
+        )?;
+        return Ok(exit::SUCCESS);
     }
     let path = config.log_path();
     let mut file = match File::open(&path) {
