@@ -107,6 +107,18 @@ pub enum Command {
     },
     /// Validate the configuration and print the effective configuration and policy
     Check,
+    /// Print a shell completion script
+    ///
+    /// bash: wa-ctl completions bash > /etc/bash_completion.d/wa-ctl
+    /// zsh:  wa-ctl completions zsh > "${fpath[1]}/_wa-ctl"
+    /// fish: wa-ctl completions fish > ~/.config/fish/completions/wa-ctl.fish
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff); docs/wa-ctl.1 is this output
+    #[command(hide = true)]
+    Man,
 }
 
 impl Command {

@@ -26,6 +26,23 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_MARGIN: Duration = Duration::from_secs(10);
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    // These two describe the command line itself: no configuration needed.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut command, "wa-ctl", &mut buf);
+            out(&String::from_utf8_lossy(&buf))?;
+            return Ok(exit::SUCCESS);
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut buf)?;
+            out(&String::from_utf8_lossy(&buf))?;
+            return Ok(exit::SUCCESS);
+        }
+        _ => {}
+    }
     let config = Config::load(cli.config.as_deref(), &Environment::from_process())?;
     match cli.command {
         Command::Start { id, foreground } => start(&config, id, foreground),
@@ -35,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs { follow, lines } => logs(&config, follow, lines),
         Command::Login { id, phone } => login(&config, id, phone),
         Command::Check => check(&config),
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     }
 }
 

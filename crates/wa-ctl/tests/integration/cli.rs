@@ -307,3 +307,30 @@ fn login_reports_pairing_expiry() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("pairing expired"), "{}", stderr(&out));
 }
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let env = TestEnv::new("");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.ok(&["completions", shell]);
+        for word in ["start", "stop", "status", "login"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    assert_eq!(env.wa_ctl(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+#[test]
+fn man_page_in_docs_is_current() {
+    let env = TestEnv::new("");
+    let generated = env.ok(&["man"]);
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/wa-ctl.1"),
+    )
+    .unwrap_or_default();
+    assert!(generated.contains(".TH wa-ctl 1"));
+    assert_eq!(
+        committed, generated,
+        "docs/wa-ctl.1 is stale: run `target/debug/wa-ctl man > docs/wa-ctl.1`"
+    );
+}
