@@ -333,6 +333,53 @@ pub fn find_leftovers(under: &Path) -> Vec<(PathBuf, Leftover)> {
     found
 }
 
+/// Our children that are not in `known`: orphans adopted as subreaper.
+pub fn adopted_children(known: &std::collections::HashSet<u32>) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    pids.retain(|p| !known.contains(p));
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// The `WA_CTL_SESSION_DIR` in a process's environment, if readable.
+pub fn session_dir_of(pid: u32) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{ENV_SESSION_DIR}=");
+    environ
+        .split(|&b| b == 0)
+        .find_map(|e| e.strip_prefix(prefix.as_bytes()))
+        .map(|v| PathBuf::from(std::ffi::OsStr::from_bytes(v)))
+}
+
+/// SIGKILL to a child of ours, then reap it. It is our child, so the pid
+/// cannot be reused before the reap.
+pub fn kill_and_reap(pid: u32) {
+    let pid = Pid::from_raw(pid as i32);
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+}
+
+/// Reaps a child of ours if it has exited; never blocks.
+pub fn reap_if_exited(pid: u32) {
+    let _ = nix::sys::wait::waitpid(
+        Pid::from_raw(pid as i32),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
 /// Opens a pidfd: a descriptor that becomes readable when the process exits.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.

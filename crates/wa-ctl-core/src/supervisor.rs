@@ -149,6 +149,13 @@ fn run_inner(
         Err(pid) => return Ok(Outcome::AlreadyRunning(pid)),
     };
 
+    // A worker that detaches from its process group (setsid, double fork)
+    // is adopted by the supervisor instead of init, so it can be found and
+    // ended with its worker.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become a child subreaper: {e}");
+    }
+
     // One thread: PR_SET_PDEATHSIG is tied to the thread that forks, and a
     // supervisor of connection workers has no use for more.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -298,6 +305,7 @@ impl Supervisor {
         let mut sigterm = signal(SignalKind::terminate()).map_err(io_err)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(io_err)?;
         let mut sighup = signal(SignalKind::hangup()).map_err(io_err)?;
+        let mut sigchld = signal(SignalKind::child()).map_err(io_err)?;
 
         info!(
             pid = std::process::id(),
@@ -333,6 +341,11 @@ impl Supervisor {
                 Some(event) = self.rx.recv() => event,
                 _ = sigterm.recv() => if self.shutting_down { Event::ShutdownNow } else { Event::Shutdown },
                 _ = sigint.recv() => if self.shutting_down { Event::ShutdownNow } else { Event::Shutdown },
+                _ = sigchld.recv() => {
+                    // Reap adopted orphans that exited on their own.
+                    self.reap_adopted();
+                    continue;
+                }
                 _ = sighup.recv() => {
                     info!("SIGHUP ignored: restart the supervisor to apply a changed config (`wa-ctl restart`)");
                     continue;
@@ -368,6 +381,8 @@ impl Supervisor {
                 break;
             }
         }
+        // Nothing the workers detached from their groups outlives us.
+        self.end_adopted(None);
         info!("supervisor stopped");
         for waiter in self.shutdown_waiters.drain(..) {
             let _ = waiter.send(Response::ok("stopped"));
@@ -433,6 +448,10 @@ impl Supervisor {
                     return;
                 }
                 self.slots[slot].pgid = None;
+                // Whatever the worker detached from its group (setsid, a
+                // double fork) was adopted by us, the subreaper: end it before
+                // anything new is spawned for this session.
+                self.end_adopted(Some(slot));
                 let jitter = self.jitter();
                 self.apply(slot, Input::Exited { exit, jitter });
                 let s = &self.slots[slot];
@@ -766,6 +785,40 @@ impl Supervisor {
             Err(e) => {
                 error!(session = %id, "logout: cannot move {} to {}: {e}", dir.display(), target.display())
             }
+        }
+    }
+
+    /// The worker pids this supervisor spawned and has not yet seen reaped:
+    /// tokio reaps those; every other child of ours is an adopted orphan.
+    fn known_children(&self) -> std::collections::HashSet<u32> {
+        self.slots.iter().filter_map(|s| s.pgid).collect()
+    }
+
+    /// Ends adopted orphans that belong to a session (`slot`), or to any
+    /// session (`None`): SIGKILL, then reap.
+    fn end_adopted(&mut self, slot: Option<usize>) {
+        let known = self.known_children();
+        for pid in process::adopted_children(&known) {
+            let session_dir = process::session_dir_of(pid);
+            let ours = match (slot, &session_dir) {
+                (Some(idx), Some(dir)) => {
+                    *dir == self.config.session_dir(&self.slots[idx].config.id)
+                }
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            if ours {
+                warn!(pid, session_dir = ?session_dir, "ending a process a worker left outside its process group");
+                process::kill_and_reap(pid);
+            }
+        }
+    }
+
+    /// Reaps adopted orphans that have exited (zombies), without waiting.
+    fn reap_adopted(&mut self) {
+        let known = self.known_children();
+        for pid in process::adopted_children(&known) {
+            process::reap_if_exited(pid);
         }
     }
 

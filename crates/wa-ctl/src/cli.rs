@@ -110,7 +110,7 @@ pub enum Command {
     /// Print a shell completion script
     ///
     /// bash: wa-ctl completions bash > /etc/bash_completion.d/wa-ctl
-    /// zsh:  wa-ctl completions zsh > "${fpath[1]}/_wa-ctl"
+    /// zsh:  wa-ctl completions zsh > ~/.zfunc/_wa-ctl
     /// fish: wa-ctl completions fish > ~/.config/fish/completions/wa-ctl.fish
     Completions {
         /// The shell

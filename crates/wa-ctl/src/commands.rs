@@ -263,7 +263,14 @@ fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
     let runtime_dir = &config.supervisor.runtime_dir;
     match control::request(runtime_dir, &Request::Shutdown, stop_timeout(config)) {
         Ok(response) if !response.ok => bail!("{}", response.message),
+        // No answer, or the connection reset: the supervisor died while we
+        // asked. The lock tells when it is gone.
         Ok(_) | Err(ControlError::NoAnswer) => {}
+        Err(ControlError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
         // The lock is held but the socket is not there yet: the supervisor
         // is in its first moments. Its pid, written under the lock it holds
         // now, is safe to signal; SIGTERM before its handlers exist simply
@@ -284,6 +291,14 @@ fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
             pid_text(pid),
             stop_timeout(config).as_secs()
         );
+    }
+    // A supervisor that was killed rather than stopped may have left
+    // processes behind: end them now that the lock is free.
+    for leftover in supervisor::end_orphans(config)? {
+        out(&format!(
+            "ended leftover process {} ({})\n",
+            leftover.pid, leftover.cmdline
+        ))?;
     }
     out(&format!("stopped (pid {})\n", pid_text(pid)))?;
     Ok(exit::SUCCESS)

@@ -23,9 +23,10 @@
 //! | `crash` | die by SIGKILL |
 //! | `ignore-term` | ignore SIGTERM from now on |
 //! | `fork` | fork a grandchild that stays in the group and ignores SIGTERM |
+//! | `daemon` | double-fork with `setsid`: a grandchild that leaves the group and ignores SIGTERM |
 //! | `write-file=NAME:TEXT` | write a file into the session directory |
 //! | `raw=TEXT` | write TEXT and a newline to the events fd as is |
-//! | `junk=KIND` | write `long` (a 100 KiB line), `binary`, or `flood` (100,000 events) |
+//! | `junk=KIND` | write `long` (a 100 KiB line), `huge` (a 10 MB line), `binary`, `flood` (100,000 events) or `million` (1,000,000 events) |
 //! | `@N:STEP` | run STEP only on the Nth spawn of this session (1-based) |
 //! | `@N+:STEP` | run STEP on the Nth spawn and every later one |
 //!
@@ -213,6 +214,38 @@ fn main() -> ExitCode {
                     Err(e) => return fail(&format!("fork failed: {e}")),
                 }
             }
+            "daemon" => {
+                // SAFETY: this process is single-threaded.
+                match unsafe { nix::unistd::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => {
+                        let _ = nix::unistd::setsid();
+                        // SAFETY: still single-threaded.
+                        match unsafe { nix::unistd::fork() } {
+                            Ok(nix::unistd::ForkResult::Child) => {
+                                // SAFETY: SIG_IGN installs no code.
+                                let _ = unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) };
+                                loop {
+                                    nix::unistd::pause();
+                                }
+                            }
+                            // The middle process logs the escapee before it
+                            // exits, so the log is complete when the worker
+                            // goes on.
+                            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                                append(&log, &format!(r#"{{"grandchild":{child}}}"#));
+                                // SAFETY: _exit skips the parent's atexit work, as a forked child must.
+                                unsafe { nix::libc::_exit(0) }
+                            }
+                            // SAFETY: as above.
+                            Err(_) => unsafe { nix::libc::_exit(1) },
+                        }
+                    }
+                    Ok(nix::unistd::ForkResult::Parent { child }) => {
+                        let _ = nix::sys::wait::waitpid(child, None);
+                    }
+                    Err(e) => return fail(&format!("fork failed: {e}")),
+                }
+            }
             "write-file" => {
                 let Some((file, text)) = value.split_once(':') else {
                     return fail(&format!("bad step {step}"));
@@ -224,6 +257,16 @@ fn main() -> ExitCode {
             "raw" => emit_line(&mut events, value.as_bytes()),
             "junk" => match value {
                 "long" => emit_line(&mut events, "x".repeat(100 * 1024).as_bytes()),
+                "huge" => emit_line(&mut events, "y".repeat(10 * 1024 * 1024).as_bytes()),
+                "million" => {
+                    // Batched writes: as fast as the pipe takes them.
+                    let chunk = r#"{"event":"connected"}
+"#
+                    .repeat(1000);
+                    for _ in 0..1000 {
+                        let _ = events.write_all(chunk.as_bytes());
+                    }
+                }
                 "binary" => emit_line(&mut events, b"\xff\xfe\x00\x01garbage\x80"),
                 "flood" => {
                     for _ in 0..100_000 {

@@ -1,0 +1,132 @@
+//! Property tests (issue #5): the parsers never panic, whatever the input,
+//! and the policy keeps its promises for any parameters.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use wa_ctl_core::config::{Config, ConfigSource, Environment};
+use wa_ctl_core::lifecycle::{Context, ExitKind, Input, Session, State};
+use wa_ctl_core::policy::Policy;
+use wa_ctl_core::protocol::{LineSplitter, MAX_LINE, parse_line};
+
+fn env() -> Environment {
+    Environment::new(
+        false,
+        [
+            ("HOME".to_owned(), "/h".into()),
+            ("XDG_RUNTIME_DIR".to_owned(), "/r".into()),
+        ],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+
+    #[test]
+    fn config_parser_never_panics(text in "\\PC*") {
+        let _ = Config::parse(&text, ConfigSource::Embedded, &env());
+    }
+
+    #[test]
+    fn config_parser_never_panics_on_config_like_text(
+        table in prop::sample::select(vec!["[supervisor]", "[worker]", "[policy]", "[policy.codes]", "[[session]]", ""]),
+        key in "[a-z_0-9]{0,16}",
+        value in prop::sample::select(vec!["\"1s\"", "\"x\"", "-1", "1e309", "[]", "[\"\"]", "{}", "2.0", "\"../x\"", "\"\\u0000\""]),
+    ) {
+        let text = format!("{table}\n{key} = {value}\n");
+        let _ = Config::parse(&text, ConfigSource::Embedded, &env());
+    }
+
+    #[test]
+    fn events_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+        let _ = parse_line(&bytes);
+    }
+
+    #[test]
+    fn splitter_bounds_every_line(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..(MAX_LINE / 4)), 0..12)) {
+        let mut splitter = LineSplitter::new();
+        let mut total_in = 0usize;
+        let mut total_out = 0usize;
+        for chunk in &chunks {
+            total_in += chunk.len();
+            splitter.push(chunk, |line| {
+                if let Ok(line) = line {
+                    assert!(line.len() <= MAX_LINE);
+                    assert!(!line.contains(&b'\n'));
+                    total_out += line.len();
+                }
+            });
+        }
+        splitter.finish(|line| {
+            if let Ok(line) = line {
+                assert!(line.len() <= MAX_LINE);
+                total_out += line.len();
+            }
+        });
+        prop_assert!(total_out <= total_in);
+    }
+
+    #[test]
+    fn backoff_never_exceeds_max(
+        initial_ms in 0u64..100_000,
+        extra_ms in 0u64..1_000_000,
+        multiplier in 1.0f64..1000.0,
+        jitter in 0.0f64..0.999,
+        attempt in any::<u32>(),
+        sample in -1.0f64..=1.0,
+    ) {
+        let policy = Policy {
+            initial_backoff: Duration::from_millis(initial_ms),
+            max_backoff: Duration::from_millis(initial_ms + extra_ms),
+            backoff_multiplier: multiplier,
+            jitter,
+            ..Policy::default()
+        };
+        prop_assert!(policy.backoff_delay(attempt, sample) <= policy.max_backoff);
+    }
+
+    #[test]
+    fn breaker_trips_after_max_restarts(
+        max_restarts in 0u32..20,
+        code in prop::sample::select(vec![None, Some(408u16), Some(500), Some(515), Some(428)]),
+        jitters in prop::collection::vec(-1.0f64..=1.0, 40),
+    ) {
+        // A worker that always fails fast, with the window far longer than
+        // the test: the breaker must trip after exactly max_restarts.
+        let policy = Policy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            restart_window: Duration::from_secs(3600),
+            max_restarts,
+            ..Policy::default()
+        };
+        let mut now = Instant::now();
+        let mut session = Session::new();
+        let mut spawns = 0u32;
+        let step = |session: &mut Session, input: Input, now: Instant, spawns: &mut u32| {
+            let cx = Context { policy: &policy, stop_timeout: Duration::from_secs(1), now };
+            let effects = session.handle(input, cx);
+            if effects.contains(&wa_ctl_core::lifecycle::Effect::Spawn) {
+                *spawns += 1;
+                session.handle(Input::Spawned { pid: 100 + *spawns }, cx);
+            }
+        };
+        step(&mut session, Input::Start, now, &mut spawns);
+        for jitter in &jitters {
+            if let Some(code) = code {
+                step(&mut session, Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code, reason: None }), now, &mut spawns);
+            }
+            step(&mut session, Input::Exited { exit: ExitKind::Signal(9), jitter: *jitter }, now, &mut spawns);
+            if session.state == State::Failed {
+                break;
+            }
+            if let Some(retry) = session.next_retry {
+                prop_assert!(retry - now <= policy.max_backoff);
+                now = retry;
+                step(&mut session, Input::Tick, now, &mut spawns);
+            }
+        }
+        prop_assert_eq!(session.state, State::Failed);
+        prop_assert_eq!(spawns, max_restarts + 1);
+    }
+}
