@@ -85,6 +85,7 @@ pub fn take(config: &Config, owned: &Owned) -> Census {
         ProcessesToUpdate::All,
         true,
         ProcessRefreshKind::nothing()
+            .without_tasks()
             .with_cmd(UpdateKind::Always)
             .with_environ(UpdateKind::Always)
             .with_user(UpdateKind::Always),

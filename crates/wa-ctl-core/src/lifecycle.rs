@@ -421,6 +421,11 @@ impl Session {
                 } else {
                     let delay = cx.policy.backoff_delay(self.backoff_attempt, jitter);
                     self.backoff_attempt = self.backoff_attempt.saturating_add(1);
+                    if delay.is_zero() {
+                        // No delay configured: no detour through the timer.
+                        self.state = State::Starting;
+                        return vec![Effect::Spawn];
+                    }
                     self.state = State::Backoff;
                     self.next_retry = Some(cx.now + delay);
                     vec![]
@@ -573,6 +578,22 @@ mod tests {
             assert_eq!(h.advance(Duration::from_millis(1)), vec![Effect::Spawn]);
         }
         assert_eq!(delays, [1, 2, 4, 8, 16]);
+    }
+
+    #[test]
+    fn zero_backoff_spawns_without_the_timer() {
+        let mut h = Harness::new(Policy {
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+            ..no_jitter()
+        });
+        h.feed(Input::Start);
+        assert_eq!(
+            h.exit_with(Some(408), ExitKind::Code(0)),
+            vec![Effect::Spawn]
+        );
+        assert_eq!(h.session.state, State::Starting);
+        assert_eq!(h.session.restarts, 1);
     }
 
     #[test]

@@ -295,6 +295,7 @@ pub fn find_leftovers(under: &Path) -> Vec<(PathBuf, Leftover)> {
         ProcessesToUpdate::All,
         true,
         ProcessRefreshKind::nothing()
+            .without_tasks()
             .with_environ(UpdateKind::Always)
             .with_cmd(UpdateKind::Always)
             .with_user(UpdateKind::Always),

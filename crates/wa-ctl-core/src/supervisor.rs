@@ -322,6 +322,12 @@ impl Supervisor {
             }
         }
         self.startup_leftovers = None;
+        // The start-up scan of the process table is the largest allocation
+        // the supervisor ever makes: give it back to the system.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
         self.write_status();
         ready.send(&format!("ready {}", std::process::id()));
         let summary = self.summary();

@@ -30,7 +30,8 @@
 //! | `@N:STEP` | run STEP only on the Nth spawn of this session (1-based) |
 //! | `@N+:STEP` | run STEP on the Nth spawn and every later one |
 //!
-//! With `--log FILE`, each start appends `{"pid":..,"spawn":..,"t_ms":..}` and each
+//! With `--log FILE`, each start appends `{"pid":..,"spawn":..,"t_ms":..,"t_us":..}`,
+//! each `exit` step `{"exit_us":..}` (the benchmarks time restarts with them), and each
 //! fork appends `{"grandchild":..}`, so tests can count spawns and measure
 //! their spacing.
 
@@ -48,6 +49,12 @@ const USAGE_EXIT: u8 = 2;
 extern "C" fn exit_on_term(_: nix::libc::c_int) {
     // SAFETY: _exit is async-signal-safe.
     unsafe { nix::libc::_exit(0) }
+}
+
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 fn now_ms() -> u128 {
@@ -119,9 +126,10 @@ fn main() -> ExitCode {
     append(
         &log,
         &format!(
-            r#"{{"pid":{},"spawn":{spawn},"t_ms":{}}}"#,
+            r#"{{"pid":{},"spawn":{spawn},"t_ms":{},"t_us":{}}}"#,
             std::process::id(),
-            now_ms()
+            now_ms(),
+            now_us()
         ),
     );
 
@@ -188,7 +196,10 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("bad duration in {step}: {e}")),
             },
             "exit" => match value.parse::<u8>() {
-                Ok(n) => return ExitCode::from(n),
+                Ok(n) => {
+                    append(&log, &format!(r#"{{"exit_us":{}}}"#, now_us()));
+                    return ExitCode::from(n);
+                }
                 Err(_) => return fail(&format!("bad status in {step}")),
             },
             "crash" => {
