@@ -286,6 +286,16 @@ impl TestEnv {
             .collect()
     }
 
+    /// Every live process that carries this test's directory in its
+    /// environment: workers, their children, and strays started by hand.
+    fn everything_spawned(&self) -> Vec<u32> {
+        let marker = format!("WA_CTL_SESSION_DIR={}", self.path().display());
+        proc_pids()
+            .into_iter()
+            .filter(|&p| alive(p) && environ_has(p, &marker))
+            .collect()
+    }
+
     /// Live supervisors of this configuration.
     pub fn supervisors(&self) -> Vec<u32> {
         let config = self.config.display().to_string();
@@ -313,7 +323,7 @@ impl Drop for TestEnv {
         for pid in self
             .supervisors()
             .into_iter()
-            .chain(self.worker_processes())
+            .chain(self.everything_spawned())
         {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
