@@ -237,6 +237,30 @@ fn end_strays(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a stop waits for a supervisor that holds its lock to open its
+/// control socket (it does so moments after taking the lock).
+const SOCKET_GRACE: Duration = Duration::from_secs(3);
+
+/// Sends `Shutdown`. A supervisor that has just taken its lock may not
+/// listen yet: retry the connection for a moment rather than signal it.
+fn shutdown_request(config: &Config) -> anyhow::Result<Result<control::Response, ControlError>> {
+    let deadline = std::time::Instant::now() + SOCKET_GRACE;
+    loop {
+        let result = control::request(
+            &config.supervisor.runtime_dir,
+            &Request::Shutdown,
+            stop_timeout(config),
+        );
+        let retry = matches!(result, Err(ControlError::Connect { .. }))
+            && std::time::Instant::now() < deadline
+            && matches!(probe(config)?, Probe::Running { .. });
+        if !retry {
+            return Ok(result);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
     if let Some(id) = &id {
         check_session(config, id)?;
@@ -261,7 +285,7 @@ fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
         return session_request(config, Request::Stop { session: id }, stop_timeout(config));
     }
     let runtime_dir = &config.supervisor.runtime_dir;
-    match control::request(runtime_dir, &Request::Shutdown, stop_timeout(config)) {
+    match shutdown_request(config)? {
         Ok(response) if !response.ok => bail!("{}", response.message),
         // No answer, or the connection reset: the supervisor died while we
         // asked. The lock tells when it is gone.
@@ -271,10 +295,9 @@ fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
                 e.kind(),
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
             ) => {}
-        // The lock is held but the socket is not there yet: the supervisor
-        // is in its first moments. Its pid, written under the lock it holds
-        // now, is safe to signal; SIGTERM before its handlers exist simply
-        // ends it, and it has spawned nothing yet.
+        // The lock is held but the socket never appeared: the supervisor is
+        // stuck in its first moments. Its pid, written under the lock it
+        // holds now, is safe to signal.
         Err(ControlError::Connect { .. }) => {
             if let Probe::Running { pid: Some(pid) } = probe(config)? {
                 let _ = nix::sys::signal::kill(
