@@ -523,18 +523,24 @@ fn logs(config: &Config, follow: bool, lines: usize) -> anyhow::Result<u8> {
         }
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
+    // Watch before reading, so that no line written in between is missed.
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let inotify = if follow {
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC).context("starting inotify")?;
+        inotify
+            .add_watch(&path, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_ATTRIB)
+            .with_context(|| format!("watching {}", path.display()))?;
+        Some(inotify)
+    } else {
+        None
+    };
     let start = tail_offset(&mut file, lines)?;
     file.seek(SeekFrom::Start(start))?;
     let mut position = start + copy_out(&mut file)?;
-    if !follow {
-        return Ok(exit::SUCCESS);
-    }
     // Follow with inotify: woken by the kernel when the file changes.
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let inotify = Inotify::init(InitFlags::IN_CLOEXEC).context("starting inotify")?;
-    inotify
-        .add_watch(&path, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_ATTRIB)
-        .with_context(|| format!("watching {}", path.display()))?;
+    let Some(inotify) = inotify else {
+        return Ok(exit::SUCCESS);
+    };
     loop {
         inotify.read_events().context("reading inotify events")?;
         let len = file.metadata()?.len();

@@ -155,7 +155,7 @@ fn logs_follow_prints_new_lines() {
     let mut cmd = command(&wa_ctl_bin());
     cmd.arg("--config")
         .arg(&env.config)
-        .args(["logs", "-f", "-n", "0"]);
+        .args(["logs", "-f", "-n", "100000"]);
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     let mut follower = cmd.spawn().unwrap();
@@ -169,6 +169,19 @@ fn logs_follow_prints_new_lines() {
             }
         }
     });
+    // The follower has read the existing lines (and, watching before it
+    // reads, is now following) once it prints one of them.
+    let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
+    let mut ready = false;
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        if line.contains("worker spawned") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "logs -f did not print the existing lines");
     env.ok(&["stop", "default"]);
     let deadline = std::time::Instant::now() + crate::harness::DEADLINE;
     let mut found = false;
