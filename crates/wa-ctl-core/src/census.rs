@@ -13,7 +13,6 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 use crate::config::Config;
 use crate::protocol::ENV_SESSION_DIR;
@@ -80,16 +79,7 @@ fn is_supervisor(argv: &[String]) -> bool {
 
 /// Counts the processes of this configuration.
 pub fn take(config: &Config, owned: &Owned) -> Census {
-    let mut system = System::new();
-    system.refresh_processes_specifics(
-        ProcessesToUpdate::All,
-        true,
-        ProcessRefreshKind::nothing()
-            .without_tasks()
-            .with_cmd(UpdateKind::Always)
-            .with_environ(UpdateKind::Always)
-            .with_user(UpdateKind::Always),
-    );
+    let system = crate::process::process_table();
     let me = std::process::id();
     let uid = nix::unistd::geteuid().as_raw();
     let config_path: Option<PathBuf> = config

@@ -281,6 +281,23 @@ pub struct Leftover {
     pub cmdline: String,
 }
 
+/// One read of the process table, with what the census and the leftover
+/// search need: command lines, environments and owners, but no threads.
+pub fn process_table() -> sysinfo::System {
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+    let mut system = System::new();
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::All,
+        true,
+        ProcessRefreshKind::nothing()
+            .without_tasks()
+            .with_cmd(UpdateKind::Always)
+            .with_environ(UpdateKind::Always)
+            .with_user(UpdateKind::Always),
+    );
+    system
+}
+
 /// Finds this user's processes whose `WA_CTL_SESSION_DIR` lies under
 /// `under` (a session directory, or the `sessions/` folder for all of
 /// them): workers, and anything they forked, that a supervisor killed with
@@ -288,18 +305,8 @@ pub struct Leftover {
 /// processes we may signal (same user) have a readable environment.
 pub fn find_leftovers(under: &Path) -> Vec<(PathBuf, Leftover)> {
     use std::os::unix::ffi::OsStrExt;
-    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
     let prefix = format!("{ENV_SESSION_DIR}=");
-    let mut system = System::new();
-    system.refresh_processes_specifics(
-        ProcessesToUpdate::All,
-        true,
-        ProcessRefreshKind::nothing()
-            .without_tasks()
-            .with_environ(UpdateKind::Always)
-            .with_cmd(UpdateKind::Always)
-            .with_user(UpdateKind::Always),
-    );
+    let system = process_table();
     let me = std::process::id();
     let uid = nix::unistd::geteuid().as_raw();
     let mut found = Vec::new();

@@ -997,18 +997,8 @@ async fn watch_worker(
                 break;
             }
         }
-        for event in batch {
-            if tx
-                .send(Event::Worker {
-                    slot,
-                    generation,
-                    event,
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
+        if !forward_events(&tx, slot, generation, batch).await {
+            return;
         }
     }
 
@@ -1043,18 +1033,8 @@ async fn watch_worker(
         }
         splitter.finish(|l| forward(l, &mut batch));
     }
-    for event in batch {
-        if tx
-            .send(Event::Worker {
-                slot,
-                generation,
-                event,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
+    if !forward_events(&tx, slot, generation, batch).await {
+        return;
     }
     let exit = match status {
         Ok(status) => {
@@ -1077,6 +1057,29 @@ async fn watch_worker(
             exit,
         })
         .await;
+}
+
+/// Sends a worker's events to the loop, in order. False once the loop is gone.
+async fn forward_events(
+    tx: &mpsc::Sender<Event>,
+    slot: usize,
+    generation: u64,
+    batch: Vec<WorkerEvent>,
+) -> bool {
+    for event in batch {
+        if tx
+            .send(Event::Worker {
+                slot,
+                generation,
+                event,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// Serves one control connection: check the peer, read one request, pass it
