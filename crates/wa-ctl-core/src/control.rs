@@ -4,7 +4,8 @@
 //! A Unix stream socket in `runtime_dir`, mode 0600, and the supervisor
 //! checks the peer's uid (SO_PEERCRED) as well. One request per connection:
 //! a JSON line in, a JSON line out. The answer to a stop comes only once the
-//! worker is gone, so the CLI returns when the work is done.
+//! worker is gone, so the CLI returns when the work is done. `ping` and
+//! `status` are answered by the event loop at once, from memory.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -12,6 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::State;
+use crate::policy::{CloseKey, close_key_json};
+use crate::status::StatusRecord;
 
 /// The socket's name inside `runtime_dir`.
 pub const SOCKET_FILE: &str = "control.sock";
@@ -31,6 +36,13 @@ pub enum Request {
     Restart { session: String },
     /// Stop every session and exit; the answer comes once all are reaped.
     Shutdown,
+    /// Answered `pong` at once: proves the event loop is free.
+    Ping,
+    /// The supervisor's live record: every session, or one.
+    Status {
+        #[serde(default)]
+        session: Option<String>,
+    },
     /// Start pairing a session (or watch it pair) and stream its progress:
     /// the answer is a series of [`SessionUpdate`] lines, ending when the
     /// session is connected, or stops without connecting.
@@ -45,13 +57,15 @@ pub enum Request {
 /// One line of a `Login` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionUpdate {
-    pub state: String,
+    /// `None` only on a last line that carries an `error`.
+    pub state: Option<State>,
     /// The QR payload waiting to be scanned. Secret: the stream is
     /// owner-only, like the status file.
     pub qr: Option<String>,
     pub pair_code: Option<String>,
     pub jid: Option<String>,
-    pub last_code: Option<String>,
+    #[serde(with = "close_key_json")]
+    pub last_code: Option<CloseKey>,
     pub last_reason: Option<String>,
     /// Whether this is the last line: the session is connected, or will not
     /// get further without an operator.
@@ -61,10 +75,13 @@ pub struct SessionUpdate {
 }
 
 /// The supervisor's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     pub message: String,
+    /// The answer to `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusRecord>,
 }
 
 impl Response {
@@ -72,6 +89,7 @@ impl Response {
         Response {
             ok: true,
             message: message.into(),
+            status: None,
         }
     }
 
@@ -79,6 +97,15 @@ impl Response {
         Response {
             ok: false,
             message: message.into(),
+            status: None,
+        }
+    }
+
+    pub fn status(record: StatusRecord) -> Self {
+        Response {
+            ok: true,
+            message: String::new(),
+            status: Some(record),
         }
     }
 }
@@ -186,6 +213,18 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Shutdown).unwrap(),
             r#"{"cmd":"shutdown"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"ping"}"#).unwrap(),
+            Request::Ping
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status { session: None }
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::ok("pong")).unwrap(),
+            r#"{"ok":true,"message":"pong"}"#
         );
     }
 }

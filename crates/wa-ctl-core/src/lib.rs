@@ -14,6 +14,20 @@ pub mod policy;
 pub mod process;
 pub mod protocol;
 pub mod session_id;
+pub mod session_lock;
 pub mod status;
 pub mod supervisor;
 pub mod systemd;
+
+/// An error and its sources on one line, `outer: inner: root`, for logs and
+/// reports that carry no `anyhow` chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

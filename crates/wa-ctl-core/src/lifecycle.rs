@@ -1,25 +1,35 @@
 //! The lifecycle of one session, as a pure state machine.
 //!
-//! [`Session::handle`] takes an [`Input`] (an operator command, a worker
-//! event, a worker's exit, a timer) and returns the [`Effect`]s the
-//! supervisor must carry out: spawn, signal, quarantine, release the lock.
-//! Time and randomness come in as values, so the whole policy (backoff,
-//! breaker, code to action) is tested here without a single process.
+//! [`Session::handle`] takes an [`Input`] (an operator command, the result
+//! of a job, a worker event, a worker's reaping, a timer) and returns the
+//! [`Effect`]s the supervisor must carry out. Time and randomness come in as
+//! values, so the whole policy (backoff, breaker, code to action) and the
+//! one-worker invariant are tested here without a single process.
+//!
+//! A session has two layers:
+//! - [`State`], the public state `wa-ctl status` shows (a contract);
+//! - [`Phase`], what holds the session's one worker place. Work that may
+//!   wait (taking the lock and ending leftovers, reading a dead worker's
+//!   last events and ending what it left behind, quarantining credentials)
+//!   runs off the event loop. While it runs, the phase says so, and no
+//!   second worker can be spawned: [`Effect::Spawn`] is only ever emitted
+//!   from [`Phase::Preparing`], in answer to [`Input::Prepared`].
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::{Action, CloseKey, Policy};
 use crate::protocol::WorkerEvent;
 
 /// Where a session is in its life. The names are part of the status contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// A worker is running and has not yet reported a QR code or a connection.
+    /// A worker is being started, or runs and has not yet reported a QR code
+    /// or a connection.
     Starting,
     /// A worker is waiting for a QR code or pair code to be used.
     Pairing,
@@ -27,8 +37,8 @@ pub enum State {
     Connected,
     /// No worker runs; a new one is spawned when the backoff delay ends.
     Backoff,
-    /// The worker was told to stop and has not exited yet (an extension of
-    /// the documented states: it lasts at most `stop_timeout`).
+    /// A worker, or what it left behind, is being ended (an extension of the
+    /// documented states: it lasts at most `stop_timeout` plus a few seconds).
     Stopping,
     /// No worker runs and none will until an operator starts the session.
     Stopped,
@@ -41,6 +51,19 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order `status` summaries list them.
+    pub const ALL: [State; 9] = [
+        State::Starting,
+        State::Pairing,
+        State::Connected,
+        State::Backoff,
+        State::Stopping,
+        State::Stopped,
+        State::LoggedOut,
+        State::Failed,
+        State::Locked,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Starting => "starting",
@@ -53,6 +76,20 @@ impl State {
             State::Failed => "failed",
             State::Locked => "locked",
         }
+    }
+
+    /// A dense index, for per-state counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether a `wa-ctl login` stream of a session in this state is over:
+    /// it is connected, or will not get further without an operator.
+    pub fn ends_login(self) -> bool {
+        matches!(
+            self,
+            State::Connected | State::Stopped | State::LoggedOut | State::Failed | State::Locked
+        )
     }
 }
 
@@ -74,6 +111,15 @@ pub enum ExitKind {
     Signal(i32),
 }
 
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitKind::Code(c) => write!(f, "status {c}"),
+            ExitKind::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
 /// What the session does once its worker is gone after an operator stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AfterStop {
@@ -83,7 +129,7 @@ enum AfterStop {
     Start,
 }
 
-/// The worker process a session currently owns.
+/// The worker process a session owns, from spawn until it is collected.
 #[derive(Debug, Clone)]
 pub struct Worker {
     pub pid: u32,
@@ -93,8 +139,44 @@ pub struct Worker {
     pub close: Option<(u16, Option<String>)>,
     /// The worker reported that pairing expired.
     pub pairing_expired: bool,
-    /// Set once the supervisor has asked this worker to stop.
+    /// Set once an operator or the shutdown has asked this worker to stop.
     stopping: Option<AfterStop>,
+}
+
+/// What holds the session's one worker place.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// No worker and no job: the session rests, or waits for its backoff.
+    Idle,
+    /// The session lock is being taken and what a dead supervisor left is
+    /// being ended, off the event loop. No worker exists yet.
+    Preparing {
+        /// An operator stopped the session meanwhile: spawn nothing.
+        cancelled: bool,
+    },
+    /// A worker process runs (or has exited and is not yet reaped).
+    Running(Worker),
+    /// The worker was reaped and its process group emptied; its last events
+    /// are being read and what it left outside its group is being ended.
+    Ending { worker: Worker, exit: ExitKind },
+    /// The credentials are being moved to quarantine, under the lock.
+    Quarantining {
+        /// An operator started the session meanwhile.
+        then_start: bool,
+    },
+}
+
+impl Phase {
+    /// A short name for logs and the `status` phase counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Preparing { .. } => "preparing",
+            Phase::Running(_) => "running",
+            Phase::Ending { .. } => "ending",
+            Phase::Quarantining { .. } => "quarantining",
+        }
+    }
 }
 
 /// An input to the state machine.
@@ -106,31 +188,48 @@ pub enum Input {
     Stop,
     /// `wa-ctl restart <id>`.
     Restart,
+    /// The session lock is held and no leftover of a dead supervisor remains.
+    Prepared,
+    /// The session lock is held by another supervisor.
+    LockBusy,
+    /// Preparing failed (the directory cannot be created, a leftover would
+    /// not die); `reason` says why.
+    PrepareFailed { reason: String, jitter: f64 },
     /// A worker was spawned for this session.
     Spawned { pid: u32 },
     /// Spawning failed; `reason` says why.
     SpawnFailed { reason: String, jitter: f64 },
-    /// The session lock is held by another supervisor.
-    LockBusy,
     /// The current worker reported an event.
     Event(WorkerEvent),
-    /// The current worker exited and was reaped.
-    Exited { exit: ExitKind, jitter: f64 },
+    /// The current worker exited; its process group was emptied and it was
+    /// reaped. Its pid names nobody any more.
+    Reaped { exit: ExitKind },
+    /// The reaped worker's last events were read and what it left outside
+    /// its process group was ended: the policy may decide now.
+    Ended { jitter: f64 },
+    /// The credentials were moved to quarantine (or could not be).
+    Quarantined,
     /// A deadline of this session's may have passed.
     Tick,
 }
 
 /// Something the supervisor must do for this session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
-    /// Take the session lock if not held, end leftovers, spawn a worker, and
-    /// answer with `Spawned`, `SpawnFailed` or `LockBusy`.
+    /// Take the session lock if not held and end leftovers under it, off the
+    /// loop; answer with `Prepared`, `LockBusy` or `PrepareFailed`.
+    Prepare,
+    /// Spawn a worker; answer with `Spawned` or `SpawnFailed`.
     Spawn,
     /// Send SIGTERM to the worker's process group.
     Terminate,
     /// Send SIGKILL to the worker's process group: the grace period is over.
     KillGroup,
-    /// Move the session directory into quarantine (under the lock).
+    /// Read the reaped worker's last events and end what it left outside its
+    /// group; answer with `Ended`.
+    Collect,
+    /// Move the session directory into quarantine, under the lock; answer
+    /// with `Quarantined`.
     Quarantine,
     /// Release the session lock: the session no longer runs here.
     ReleaseLock,
@@ -144,11 +243,19 @@ pub struct Context<'a> {
     pub now: Instant,
 }
 
+/// `now + delay`, or a point so far away that it never comes: a deadline
+/// computed from an absurd configured duration must not panic.
+pub fn deadline_after(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// One session's state.
 #[derive(Debug, Clone)]
 pub struct Session {
     pub state: State,
-    pub worker: Option<Worker>,
+    pub phase: Phase,
     /// Restarts since an operator last started the session.
     pub restarts: u32,
     /// When each restart inside the breaker's window was decided.
@@ -168,7 +275,7 @@ pub struct Session {
 }
 
 /// A code the worker asked the user to scan or type. Secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "code", rename_all = "snake_case")]
 pub enum PairingCode {
     Qr(String),
@@ -179,7 +286,7 @@ impl Default for Session {
     fn default() -> Self {
         Session {
             state: State::Stopped,
-            worker: None,
+            phase: Phase::Idle,
             restarts: 0,
             restart_times: VecDeque::new(),
             backoff_attempt: 0,
@@ -207,9 +314,20 @@ impl Session {
         }
     }
 
-    /// Whether a session lock should be held: a worker runs, or will.
-    pub fn wants_lock(&self) -> bool {
-        self.worker.is_some() || matches!(self.state, State::Backoff | State::Starting)
+    /// The running worker, while its process exists (not once it is reaped).
+    pub fn running(&self) -> Option<&Worker> {
+        match &self.phase {
+            Phase::Running(worker) => Some(worker),
+            _ => None,
+        }
+    }
+
+    /// The worker the session is busy with: running, or being collected.
+    pub fn worker(&self) -> Option<&Worker> {
+        match &self.phase {
+            Phase::Running(worker) | Phase::Ending { worker, .. } => Some(worker),
+            _ => None,
+        }
     }
 
     /// Applies one input and returns what to do.
@@ -217,37 +335,89 @@ impl Session {
         match input {
             Input::Start => self.start(cx, false),
             Input::Restart => self.start(cx, true),
-            Input::Stop => self.stop(cx, AfterStop::Rest),
-            Input::Spawned { pid } => {
-                self.worker = Some(Worker {
-                    pid,
-                    spawned_at: cx.now,
-                    connected_at: None,
-                    close: None,
-                    pairing_expired: false,
-                    stopping: None,
-                });
-                self.state = State::Starting;
-                vec![]
+            Input::Stop => self.stop(cx),
+            Input::Prepared => match &self.phase {
+                Phase::Preparing { cancelled: true } => {
+                    self.phase = Phase::Idle;
+                    self.state = State::Stopped;
+                    vec![Effect::ReleaseLock]
+                }
+                Phase::Preparing { cancelled: false } => vec![Effect::Spawn],
+                _ => vec![],
+            },
+            Input::LockBusy => match &self.phase {
+                Phase::Preparing { cancelled } => {
+                    self.state = if *cancelled {
+                        State::Stopped
+                    } else {
+                        State::Locked
+                    };
+                    self.phase = Phase::Idle;
+                    self.next_retry = None;
+                    vec![]
+                }
+                _ => vec![],
+            },
+            Input::PrepareFailed { reason, jitter } | Input::SpawnFailed { reason, jitter } => {
+                match &self.phase {
+                    Phase::Preparing { cancelled } => {
+                        let cancelled = *cancelled;
+                        self.phase = Phase::Idle;
+                        if cancelled {
+                            self.last_close = Some(CloseKey::Crash);
+                            self.last_reason = Some(reason);
+                            self.last_action = None;
+                            self.state = State::Stopped;
+                            vec![Effect::ReleaseLock]
+                        } else {
+                            self.ended(CloseKey::Crash, Some(reason), None, cx, jitter)
+                        }
+                    }
+                    _ => vec![],
+                }
             }
-            Input::SpawnFailed { reason, jitter } => {
-                self.ended(CloseKey::Crash, Some(reason), None, cx, jitter)
-            }
-            Input::LockBusy => {
-                self.state = State::Locked;
-                self.next_retry = None;
-                vec![]
-            }
+            Input::Spawned { pid } => match &self.phase {
+                Phase::Preparing { cancelled } => {
+                    let cancelled = *cancelled;
+                    self.phase = Phase::Running(Worker {
+                        pid,
+                        spawned_at: cx.now,
+                        connected_at: None,
+                        close: None,
+                        pairing_expired: false,
+                        stopping: None,
+                    });
+                    self.state = State::Starting;
+                    if cancelled {
+                        // Not reached through `Prepared`, which never spawns
+                        // a cancelled session; kept total for safety.
+                        self.stop(cx)
+                    } else {
+                        vec![]
+                    }
+                }
+                _ => vec![],
+            },
             Input::Event(event) => {
                 self.on_event(event, cx.now);
                 vec![]
             }
-            Input::Exited { exit, jitter } => {
-                let Some(worker) = self.worker.take() else {
+            Input::Reaped { exit } => {
+                let Phase::Running(worker) = std::mem::replace(&mut self.phase, Phase::Idle) else {
                     return vec![];
                 };
                 self.kill_at = None;
                 self.pairing_code = None;
+                self.state = State::Stopping;
+                self.phase = Phase::Ending { worker, exit };
+                vec![Effect::Collect]
+            }
+            Input::Ended { jitter } => {
+                let Phase::Ending { worker, exit } =
+                    std::mem::replace(&mut self.phase, Phase::Idle)
+                else {
+                    return vec![];
+                };
                 let (key, reason) = match (&worker.close, exit) {
                     (Some((code, reason)), _) => (CloseKey::Code(*code), reason.clone()),
                     (None, ExitKind::Code(0)) => (CloseKey::Exit, None),
@@ -258,80 +428,139 @@ impl Session {
                         (CloseKey::Crash, Some(format!("killed by signal {s}")))
                     }
                 };
-                // The watcher has already ended whatever the worker left in
-                // its process group before reaping it, so nothing of it
-                // remains when a new worker is spawned.
                 self.ended(key, reason, Some(worker), cx, jitter)
+            }
+            Input::Quarantined => {
+                let Phase::Quarantining { then_start } = self.phase else {
+                    return vec![];
+                };
+                self.phase = Phase::Idle;
+                // The lock was on the directory now in quarantine's place;
+                // a new start takes it afresh.
+                let mut effects = vec![Effect::ReleaseLock];
+                if then_start {
+                    effects.extend(self.start(cx, false));
+                }
+                effects
             }
             Input::Tick => self.tick(cx),
         }
     }
 
     fn start(&mut self, cx: Context<'_>, restart: bool) -> Vec<Effect> {
-        if let Some(worker) = &mut self.worker {
-            return match worker.stopping {
+        match &mut self.phase {
+            Phase::Running(worker) => match worker.stopping {
                 // Already stopping: start again once it is gone.
                 Some(_) => {
                     worker.stopping = Some(AfterStop::Start);
                     vec![]
                 }
-                None if restart => self.stop(cx, AfterStop::Start),
+                None if restart => self.stop_with(cx, AfterStop::Start),
                 None => vec![],
-            };
+            },
+            Phase::Ending { worker, .. } => {
+                // The worker is gone already; an operator's start or restart
+                // overrides what the policy would decide for its exit.
+                if worker.stopping.is_some() || restart {
+                    worker.stopping = Some(AfterStop::Start);
+                }
+                vec![]
+            }
+            Phase::Preparing { cancelled } => {
+                *cancelled = false;
+                self.state = State::Starting;
+                vec![]
+            }
+            Phase::Quarantining { then_start } => {
+                *then_start = true;
+                vec![]
+            }
+            Phase::Idle => {
+                // An operator start is a fresh start: the breaker and the
+                // backoff begin again.
+                self.restarts = 0;
+                self.restart_times.clear();
+                self.backoff_attempt = 0;
+                self.prepare()
+            }
         }
-        // An operator start is a fresh start: the breaker and the backoff
-        // begin again.
-        self.restarts = 0;
-        self.restart_times.clear();
-        self.backoff_attempt = 0;
-        self.next_retry = None;
-        self.state = State::Starting;
-        vec![Effect::Spawn]
     }
 
-    fn stop(&mut self, cx: Context<'_>, after: AfterStop) -> Vec<Effect> {
+    /// Leaves `Idle` for `Preparing`: the one road to a new worker.
+    fn prepare(&mut self) -> Vec<Effect> {
         self.next_retry = None;
-        match &mut self.worker {
-            Some(worker) => {
+        self.state = State::Starting;
+        self.phase = Phase::Preparing { cancelled: false };
+        vec![Effect::Prepare]
+    }
+
+    fn stop(&mut self, cx: Context<'_>) -> Vec<Effect> {
+        self.stop_with(cx, AfterStop::Rest)
+    }
+
+    fn stop_with(&mut self, cx: Context<'_>, after: AfterStop) -> Vec<Effect> {
+        self.next_retry = None;
+        match &mut self.phase {
+            Phase::Running(worker) => {
                 let first = worker.stopping.is_none();
                 worker.stopping = Some(after);
                 self.state = State::Stopping;
                 if first {
-                    self.kill_at = Some(cx.now + cx.stop_timeout);
+                    self.kill_at = Some(deadline_after(cx.now, cx.stop_timeout));
                     vec![Effect::Terminate]
                 } else {
                     vec![]
                 }
             }
-            None => {
-                let was_active = self.wants_lock();
+            Phase::Ending { worker, .. } => {
+                worker.stopping = Some(after);
+                self.state = State::Stopping;
+                vec![]
+            }
+            Phase::Preparing { cancelled } => {
+                *cancelled = after == AfterStop::Rest;
+                if after == AfterStop::Rest {
+                    self.state = State::Stopping;
+                }
+                vec![]
+            }
+            Phase::Quarantining { then_start } => {
+                *then_start = false;
+                vec![]
+            }
+            Phase::Idle => {
                 if self.state != State::LoggedOut && self.state != State::Failed {
                     self.state = State::Stopped;
                 }
-                if was_active {
-                    vec![Effect::ReleaseLock]
-                } else {
-                    vec![]
-                }
+                // Held during a backoff; releasing a lock not held is a no-op.
+                vec![Effect::ReleaseLock]
             }
         }
     }
 
     fn on_event(&mut self, event: WorkerEvent, now: Instant) {
-        let Some(worker) = &mut self.worker else {
-            return;
+        let (worker, reaped) = match &mut self.phase {
+            Phase::Running(worker) => (worker, false),
+            Phase::Ending { worker, .. } => (worker, true),
+            _ => return,
         };
-        let stopping = worker.stopping.is_some();
+        // Late lines of a reaped worker still count for its outcome (its
+        // last `closed` decides), but cannot bring a dead worker "up".
+        let shown = worker.stopping.is_none() && !reaped;
         match event {
             WorkerEvent::Qr { code } => {
-                self.pairing_code = Some(PairingCode::Qr(code));
-                if !stopping {
+                if !reaped {
+                    self.pairing_code = Some(PairingCode::Qr(code));
+                }
+                if shown {
                     self.state = State::Pairing;
                 }
             }
             WorkerEvent::PairCode { code } => {
-                self.pairing_code = Some(PairingCode::PairCode(code));
-                if !stopping {
+                if !reaped {
+                    self.pairing_code = Some(PairingCode::PairCode(code));
+                }
+                if shown {
                     self.state = State::Pairing;
                 }
             }
@@ -339,7 +568,7 @@ impl Session {
                 worker.connected_at.get_or_insert(now);
                 self.pairing_code = None;
                 self.jid = jid.or(self.jid.take());
-                if !stopping {
+                if shown {
                     self.state = State::Connected;
                 }
             }
@@ -359,6 +588,7 @@ impl Session {
     ) -> Vec<Effect> {
         self.last_close = Some(key);
         self.last_reason = reason;
+        self.pairing_code = None;
 
         if let Some(after) = worker.as_ref().and_then(|w| w.stopping) {
             // An operator or shutdown stop: the policy does not apply.
@@ -398,7 +628,8 @@ impl Session {
             Action::Logout => {
                 self.state = State::LoggedOut;
                 self.jid = None;
-                vec![Effect::Quarantine, Effect::ReleaseLock]
+                self.phase = Phase::Quarantining { then_start: false };
+                vec![Effect::Quarantine]
             }
             Action::Restart | Action::Reconnect => {
                 let window = cx.policy.restart_window;
@@ -416,20 +647,17 @@ impl Session {
                 self.restart_times.push_back(cx.now);
                 self.restarts = self.restarts.saturating_add(1);
                 if action == Action::Restart {
-                    self.state = State::Starting;
-                    vec![Effect::Spawn]
-                } else {
-                    let delay = cx.policy.backoff_delay(self.backoff_attempt, jitter);
-                    self.backoff_attempt = self.backoff_attempt.saturating_add(1);
-                    if delay.is_zero() {
-                        // No delay configured: no detour through the timer.
-                        self.state = State::Starting;
-                        return vec![Effect::Spawn];
-                    }
-                    self.state = State::Backoff;
-                    self.next_retry = Some(cx.now + delay);
-                    vec![]
+                    return self.prepare();
                 }
+                let delay = cx.policy.backoff_delay(self.backoff_attempt, jitter);
+                self.backoff_attempt = self.backoff_attempt.saturating_add(1);
+                if delay.is_zero() {
+                    // No delay configured: no detour through the timer.
+                    return self.prepare();
+                }
+                self.state = State::Backoff;
+                self.next_retry = Some(deadline_after(cx.now, delay));
+                vec![]
             }
         }
     }
@@ -438,12 +666,15 @@ impl Session {
         let mut effects = vec![];
         if self.kill_at.is_some_and(|t| t <= cx.now) {
             self.kill_at = None;
-            effects.push(Effect::KillGroup);
+            if matches!(self.phase, Phase::Running(_)) {
+                effects.push(Effect::KillGroup);
+            }
         }
-        if self.state == State::Backoff && self.next_retry.is_some_and(|t| t <= cx.now) {
-            self.next_retry = None;
-            self.state = State::Starting;
-            effects.push(Effect::Spawn);
+        if self.state == State::Backoff
+            && matches!(self.phase, Phase::Idle)
+            && self.next_retry.is_some_and(|t| t <= cx.now)
+        {
+            effects.extend(self.prepare());
         }
         effects
     }
@@ -453,41 +684,61 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// Drives a session the way the supervisor does: `Prepare` answers
+    /// `Prepared`, `Spawn` answers `Spawned`, `Quarantine` answers
+    /// `Quarantined`; `Collect` is answered by the test (`exit_with`).
     struct Harness {
-        policy: Policy,
+        policy: &'static Policy,
         now: Instant,
         session: Session,
         spawns: u32,
+        all_effects: Vec<Effect>,
     }
 
     impl Harness {
         fn new(policy: Policy) -> Self {
             Harness {
-                policy,
+                // Leaked so that a context borrows nothing of the harness.
+                policy: Box::leak(Box::new(policy)),
                 now: Instant::now(),
                 session: Session::new(),
                 spawns: 0,
+                all_effects: vec![],
             }
         }
 
-        fn feed(&mut self, input: Input) -> Vec<Effect> {
-            let cx = Context {
-                policy: &self.policy,
+        fn cx(&self) -> Context<'static> {
+            Context {
+                policy: self.policy,
                 stop_timeout: Duration::from_secs(10),
                 now: self.now,
-            };
-            let effects = self.session.handle(input, cx);
-            if effects.contains(&Effect::Spawn) {
-                self.spawns += 1;
-                let pid = 1000 + self.spawns;
-                let cx = Context {
-                    policy: &self.policy,
-                    stop_timeout: Duration::from_secs(10),
-                    now: self.now,
-                };
-                self.session.handle(Input::Spawned { pid }, cx);
             }
-            effects
+        }
+
+        /// Feeds one input and answers the jobs at once; returns every
+        /// effect emitted on the way.
+        fn feed(&mut self, input: Input) -> Vec<Effect> {
+            let mut out = vec![];
+            let mut queue = VecDeque::from([input]);
+            while let Some(input) = queue.pop_front() {
+                let effects = self.session.handle(input, self.cx());
+                for e in &effects {
+                    match e {
+                        Effect::Prepare => queue.push_back(Input::Prepared),
+                        Effect::Spawn => {
+                            self.spawns += 1;
+                            queue.push_back(Input::Spawned {
+                                pid: 1000 + self.spawns,
+                            });
+                        }
+                        Effect::Quarantine => queue.push_back(Input::Quarantined),
+                        _ => {}
+                    }
+                }
+                out.extend(effects);
+            }
+            self.all_effects.extend(&out);
+            out
         }
 
         fn advance(&mut self, d: Duration) -> Vec<Effect> {
@@ -499,7 +750,8 @@ mod tests {
             if let Some(code) = code {
                 self.feed(Input::Event(WorkerEvent::Closed { code, reason: None }));
             }
-            self.feed(Input::Exited { exit, jitter: 0.0 })
+            assert_eq!(self.feed(Input::Reaped { exit }), vec![Effect::Collect]);
+            self.feed(Input::Ended { jitter: 0.0 })
         }
     }
 
@@ -511,9 +763,9 @@ mod tests {
     }
 
     #[test]
-    fn start_spawns_and_events_move_state() {
+    fn start_prepares_then_spawns_and_events_move_state() {
         let mut h = Harness::new(no_jitter());
-        assert_eq!(h.feed(Input::Start), vec![Effect::Spawn]);
+        assert_eq!(h.feed(Input::Start), vec![Effect::Prepare, Effect::Spawn]);
         assert_eq!(h.session.state, State::Starting);
         h.feed(Input::Event(WorkerEvent::Qr { code: "q".into() }));
         assert_eq!(h.session.state, State::Pairing);
@@ -541,12 +793,40 @@ mod tests {
     }
 
     #[test]
-    fn logout_quarantines() {
+    fn logout_quarantines_then_releases_the_lock() {
         let mut h = Harness::new(no_jitter());
         h.feed(Input::Start);
         let e = h.exit_with(Some(401), ExitKind::Code(1));
         assert_eq!(e, vec![Effect::Quarantine, Effect::ReleaseLock]);
         assert_eq!(h.session.state, State::LoggedOut);
+        assert!(matches!(h.session.phase, Phase::Idle));
+    }
+
+    #[test]
+    fn start_during_quarantine_waits_for_it() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(Input::Event(WorkerEvent::Closed {
+            code: 401,
+            reason: None,
+        }));
+        h.feed(Input::Reaped {
+            exit: ExitKind::Code(0),
+        });
+        // Answer Collect, but hold the quarantine job back.
+        let effects = h.session.handle(Input::Ended { jitter: 0.0 }, h.cx());
+        assert_eq!(effects, vec![Effect::Quarantine]);
+        assert_eq!(
+            h.session.handle(Input::Start, h.cx()),
+            vec![],
+            "no spawn while the credentials move"
+        );
+        assert_eq!(
+            h.feed(Input::Quarantined),
+            vec![Effect::ReleaseLock, Effect::Prepare, Effect::Spawn],
+            "the lock of the old directory goes first, then a fresh start"
+        );
+        assert_eq!(h.spawns, 2);
     }
 
     #[test]
@@ -554,7 +834,7 @@ mod tests {
         let mut h = Harness::new(no_jitter());
         h.feed(Input::Start);
         let e = h.exit_with(Some(515), ExitKind::Code(0));
-        assert_eq!(e, vec![Effect::Spawn]);
+        assert_eq!(e, vec![Effect::Prepare, Effect::Spawn]);
         assert_eq!(h.session.state, State::Starting);
         assert_eq!(h.session.restarts, 1);
         assert_eq!(h.spawns, 2);
@@ -575,9 +855,35 @@ mod tests {
             delays.push(delay.as_secs());
             // Nothing happens a moment before the deadline.
             assert_eq!(h.advance(delay - Duration::from_millis(1)), vec![]);
-            assert_eq!(h.advance(Duration::from_millis(1)), vec![Effect::Spawn]);
+            assert_eq!(
+                h.advance(Duration::from_millis(1)),
+                vec![Effect::Prepare, Effect::Spawn]
+            );
         }
         assert_eq!(delays, [1, 2, 4, 8, 16]);
+    }
+
+    #[test]
+    fn absurd_durations_do_not_panic() {
+        let mut h = Harness::new(Policy {
+            initial_backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+            ..no_jitter()
+        });
+        h.feed(Input::Start);
+        h.exit_with(Some(408), ExitKind::Code(0));
+        assert_eq!(h.session.state, State::Backoff);
+        assert!(h.session.next_retry.unwrap() > h.now);
+        let cx = Context {
+            policy: h.policy,
+            stop_timeout: Duration::MAX,
+            now: h.now,
+        };
+        let mut s = Session::new();
+        s.handle(Input::Start, cx);
+        s.handle(Input::Prepared, cx);
+        s.handle(Input::Spawned { pid: 7 }, cx);
+        assert_eq!(s.handle(Input::Stop, cx), vec![Effect::Terminate]);
     }
 
     #[test]
@@ -590,7 +896,7 @@ mod tests {
         h.feed(Input::Start);
         assert_eq!(
             h.exit_with(Some(408), ExitKind::Code(0)),
-            vec![Effect::Spawn]
+            vec![Effect::Prepare, Effect::Spawn]
         );
         assert_eq!(h.session.state, State::Starting);
         assert_eq!(h.session.restarts, 1);
@@ -638,7 +944,7 @@ mod tests {
         assert_eq!(h.session.last_close, Some(CloseKey::Crash));
         // Nothing restarts a failed session but an operator.
         assert_eq!(h.advance(Duration::from_secs(3600)), vec![]);
-        assert_eq!(h.feed(Input::Start), vec![Effect::Spawn]);
+        assert_eq!(h.feed(Input::Start), vec![Effect::Prepare, Effect::Spawn]);
         assert_eq!(h.session.restarts, 0);
     }
 
@@ -697,13 +1003,30 @@ mod tests {
     }
 
     #[test]
+    fn a_reaped_worker_is_never_signalled() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(Input::Reaped {
+            exit: ExitKind::Code(1),
+        });
+        assert_eq!(h.session.state, State::Stopping);
+        assert_eq!(h.feed(Input::Stop), vec![], "its pid names nobody now");
+        assert_eq!(h.advance(Duration::from_secs(3600)), vec![]);
+        assert_eq!(
+            h.feed(Input::Ended { jitter: 0.0 }),
+            vec![Effect::ReleaseLock]
+        );
+        assert_eq!(h.session.state, State::Stopped);
+    }
+
+    #[test]
     fn restart_waits_for_the_old_worker() {
         let mut h = Harness::new(no_jitter());
         h.feed(Input::Start);
         assert_eq!(h.feed(Input::Restart), vec![Effect::Terminate]);
         assert_eq!(h.spawns, 1, "never two workers at once");
         let e = h.exit_with(None, ExitKind::Code(0));
-        assert_eq!(e, vec![Effect::Spawn]);
+        assert_eq!(e, vec![Effect::Prepare, Effect::Spawn]);
         assert_eq!(h.spawns, 2);
     }
 
@@ -718,17 +1041,32 @@ mod tests {
     }
 
     #[test]
+    fn stop_while_preparing_spawns_nothing() {
+        let mut h = Harness::new(no_jitter());
+        let cx = h.cx();
+        assert_eq!(h.session.handle(Input::Start, cx), vec![Effect::Prepare]);
+        assert_eq!(h.session.handle(Input::Stop, cx), vec![]);
+        assert_eq!(h.session.state, State::Stopping);
+        // A start while the job still runs does not start a second job.
+        assert_eq!(h.session.handle(Input::Start, cx), vec![]);
+        assert_eq!(h.session.handle(Input::Stop, cx), vec![]);
+        assert_eq!(
+            h.session.handle(Input::Prepared, cx),
+            vec![Effect::ReleaseLock]
+        );
+        assert_eq!(h.session.state, State::Stopped);
+        assert!(matches!(h.session.phase, Phase::Idle));
+    }
+
+    #[test]
     fn spawn_failure_counts_as_crash() {
         let mut h = Harness::new(Policy {
             max_restarts: 1,
             ..no_jitter()
         });
-        let cx = Context {
-            policy: &h.policy,
-            stop_timeout: Duration::from_secs(1),
-            now: h.now,
-        };
-        assert_eq!(h.session.handle(Input::Start, cx), vec![Effect::Spawn]);
+        let cx = h.cx();
+        assert_eq!(h.session.handle(Input::Start, cx), vec![Effect::Prepare]);
+        assert_eq!(h.session.handle(Input::Prepared, cx), vec![Effect::Spawn]);
         h.session.handle(
             Input::SpawnFailed {
                 reason: "ENOENT".into(),
@@ -738,8 +1076,15 @@ mod tests {
         );
         assert_eq!(h.session.state, State::Backoff);
         h.session.handle(
-            Input::SpawnFailed {
-                reason: "ENOENT".into(),
+            Input::Tick,
+            Context {
+                now: h.session.next_retry.unwrap(),
+                ..cx
+            },
+        );
+        h.session.handle(
+            Input::PrepareFailed {
+                reason: "leftover".into(),
                 jitter: 0.0,
             },
             cx,
@@ -760,22 +1105,39 @@ mod tests {
         assert_eq!(h.session.pairing_code, None);
         assert_eq!(
             h.feed(Input::Start),
-            vec![Effect::Spawn],
+            vec![Effect::Prepare, Effect::Spawn],
             "login pairs again"
         );
     }
 
     #[test]
+    fn late_events_of_a_reaped_worker_decide_but_do_not_show() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(Input::Reaped {
+            exit: ExitKind::Code(0),
+        });
+        h.feed(Input::Event(WorkerEvent::Connected { jid: None }));
+        assert_eq!(h.session.state, State::Stopping, "a dead worker is not up");
+        h.feed(Input::Event(WorkerEvent::Closed {
+            code: 440,
+            reason: None,
+        }));
+        assert_eq!(
+            h.feed(Input::Ended { jitter: 0.0 }),
+            vec![Effect::ReleaseLock]
+        );
+        assert_eq!(h.session.last_close, Some(CloseKey::Code(440)));
+    }
+
+    #[test]
     fn lock_busy_reports_locked() {
         let mut h = Harness::new(no_jitter());
-        let cx = Context {
-            policy: &h.policy,
-            stop_timeout: Duration::from_secs(1),
-            now: h.now,
-        };
+        let cx = h.cx();
         h.session.handle(Input::Start, cx);
         h.session.handle(Input::LockBusy, cx);
         assert_eq!(h.session.state, State::Locked);
-        assert!(!h.session.wants_lock());
+        assert!(matches!(h.session.phase, Phase::Idle));
+        assert_eq!(h.session.handle(Input::Start, cx), vec![Effect::Prepare]);
     }
 }

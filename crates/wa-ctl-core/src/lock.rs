@@ -1,7 +1,7 @@
-//! Locks held for life: one supervisor per `runtime_dir`, one worker per
-//! session directory.
+//! The supervisor lock, held for life: one supervisor per `runtime_dir`.
+//! (Session locks are in [`crate::session_lock`].)
 //!
-//! Both are `flock` locks taken with the standard library's `File::try_lock`.
+//! It is an `flock` lock taken with the standard library's `File::try_lock`.
 //! The kernel drops them when the holder dies, however it dies, so a stale
 //! pid file can never block a start, and nothing is ever decided by asking
 //! whether some pid is alive.
@@ -132,33 +132,6 @@ impl SupervisorLock {
     }
 }
 
-/// The lock on a session directory: while it is held, this process is the
-/// only one that may run a worker for the session.
-#[derive(Debug)]
-pub struct SessionLock {
-    _dir: File,
-}
-
-impl SessionLock {
-    /// Locks the directory itself; `None` if another process holds it.
-    pub fn try_acquire(session_dir: &Path) -> Result<Option<SessionLock>, LockError> {
-        let err = |source| LockError {
-            path: session_dir.to_path_buf(),
-            source,
-        };
-        let dir = OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_DIRECTORY)
-            .open(session_dir)
-            .map_err(err)?;
-        match dir.try_lock() {
-            Ok(()) => Ok(Some(SessionLock { _dir: dir })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => Err(err(e)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,15 +172,5 @@ mod tests {
             Probe::NotRunning
         );
         assert!(SupervisorLock::acquire(tmp.path()).unwrap().is_ok());
-    }
-
-    #[test]
-    fn session_lock_is_exclusive() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = SessionLock::try_acquire(tmp.path()).unwrap();
-        assert!(a.is_some());
-        assert!(SessionLock::try_acquire(tmp.path()).unwrap().is_none());
-        drop(a);
-        assert!(SessionLock::try_acquire(tmp.path()).unwrap().is_some());
     }
 }

@@ -124,6 +124,61 @@ impl<'de> Deserialize<'de> for CloseKey {
     }
 }
 
+/// The JSON form of a close key in `status --json` and the control socket:
+/// a code is a number (`440`), the others are strings (`"crash"`,
+/// `"exit"`). A public contract. Use with `#[serde(with = "close_key_json")]`
+/// on an `Option<CloseKey>`; the plain `Serialize` of [`CloseKey`] is a
+/// string, because TOML table keys (`[policy.codes]`) must be strings.
+pub mod close_key_json {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::CloseKey;
+
+    pub fn serialize<S: Serializer>(key: &Option<CloseKey>, s: S) -> Result<S::Ok, S::Error> {
+        match key {
+            None => s.serialize_none(),
+            Some(CloseKey::Code(code)) => s.serialize_some(code),
+            Some(other) => s.serialize_some(&other.to_string()),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Code(u16),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CloseKey>, D::Error> {
+        match Option::<Wire>::deserialize(d)? {
+            None => Ok(None),
+            Some(Wire::Code(code)) => Ok(Some(CloseKey::Code(code))),
+            Some(Wire::Text(text)) => text.parse().map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The source of backoff jitter: xorshift64*, seeded once per supervisor.
+/// Jitter needs spread between sessions and supervisors, not secrecy.
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    /// A generator seeded from `seed` (never zero, which xorshift cannot leave).
+    pub fn seeded(seed: u64) -> Jitter {
+        Jitter(seed | 1)
+    }
+
+    /// A uniform sample from [-1, 1], as [`Policy::backoff_delay`] takes it.
+    pub fn sample(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+}
+
 /// The `[policy]` table with defaults applied.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
@@ -213,7 +268,9 @@ impl Policy {
             0.0
         };
         let jittered = (base * (1.0 + self.jitter * sample)).clamp(0.0, max);
-        Duration::from_secs_f64(jittered)
+        // A huge max_backoff is a huge float; it may round above what a
+        // Duration holds.
+        Duration::try_from_secs_f64(jittered).unwrap_or(self.max_backoff)
     }
 }
 
@@ -273,6 +330,34 @@ mod tests {
         // At the cap, positive jitter may not push past max_backoff.
         assert_eq!(p.backoff_delay(10, 1.0), Duration::from_secs(100));
         assert_eq!(p.backoff_delay(10, -1.0), Duration::from_secs(80));
+    }
+
+    #[test]
+    fn jitter_stays_in_range_and_spreads() {
+        let mut j = Jitter::seeded(42);
+        let samples: Vec<f64> = (0..10_000).map(|_| j.sample()).collect();
+        assert!(samples.iter().all(|s| (-1.0..=1.0).contains(s)));
+        assert!(samples.iter().any(|&s| s < -0.9) && samples.iter().any(|&s| s > 0.9));
+        let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+        assert!(mean.abs() < 0.05, "mean {mean}");
+    }
+
+    #[test]
+    fn close_key_json_form() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct W {
+            #[serde(with = "close_key_json")]
+            k: Option<CloseKey>,
+        }
+        for (key, json) in [
+            (Some(CloseKey::Code(440)), r#"{"k":440}"#),
+            (Some(CloseKey::Crash), r#"{"k":"crash"}"#),
+            (Some(CloseKey::Exit), r#"{"k":"exit"}"#),
+            (None, r#"{"k":null}"#),
+        ] {
+            assert_eq!(serde_json::to_string(&W { k: key }).unwrap(), json);
+            assert_eq!(serde_json::from_str::<W>(json).unwrap(), W { k: key });
+        }
     }
 
     #[test]

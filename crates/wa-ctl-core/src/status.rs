@@ -1,11 +1,13 @@
-//! The live status: the record the supervisor keeps in `runtime_dir`, and
-//! the report `wa-ctl status` makes of it.
+//! The live status: the record the supervisor serves over its control
+//! socket (and writes to `runtime_dir/status.json`), and the report
+//! `wa-ctl status` makes of it.
 //!
-//! The supervisor rewrites `status.json` atomically whenever something
-//! changes. `wa-ctl status` reads it without talking to the supervisor, so it
-//! is fast and works even while the supervisor is busy. It trusts the record
-//! only while the supervisor lock is held: after a crash the record is stale
-//! and the report says "not running".
+//! `wa-ctl status` asks the running supervisor, which answers from memory.
+//! The file is a copy the supervisor writes at most once a second, off its
+//! event loop, and once more before it exits; it is read only when the
+//! supervisor does not answer. Either is trusted only while the supervisor
+//! lock is held: after a crash the record is stale and the report says
+//! "not running".
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::census::Census;
 use crate::config::Config;
-use crate::lifecycle::PairingCode;
+use crate::lifecycle::{PairingCode, State};
 use crate::lock::Probe;
-use crate::policy::CloseKey;
+use crate::policy::{Action, CloseKey, close_key_json};
 
 /// The status file's name inside `runtime_dir`.
 pub const STATUS_FILE: &str = "status.json";
@@ -33,6 +35,9 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 pub struct StatusRecord {
     pub pid: u32,
     pub started_at_ms: u64,
+    /// When the supervisor made this record.
+    #[serde(default)]
+    pub made_at_ms: u64,
     /// The supervisor logs to the journal (it runs under systemd).
     #[serde(default)]
     pub journal: bool,
@@ -43,12 +48,13 @@ pub struct StatusRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub id: String,
-    pub state: String,
+    pub state: State,
     pub worker_pid: Option<u32>,
     pub restarts: u32,
-    pub last_code: Option<String>,
+    #[serde(with = "close_key_json")]
+    pub last_code: Option<CloseKey>,
     pub last_reason: Option<String>,
-    pub last_action: Option<String>,
+    pub last_action: Option<Action>,
     pub next_retry_at_ms: Option<u64>,
     pub worker_started_at_ms: Option<u64>,
     pub connected_at_ms: Option<u64>,
@@ -82,12 +88,13 @@ pub struct StatusReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionReport {
     pub id: String,
-    pub state: String,
+    pub state: State,
     pub worker_pid: Option<u32>,
     pub restarts: u32,
     /// The last close code: a number, or `"crash"` / `"exit"`.
-    pub last_code: Option<serde_json::Value>,
-    pub last_action: Option<String>,
+    #[serde(with = "close_key_json")]
+    pub last_code: Option<CloseKey>,
+    pub last_action: Option<Action>,
     pub next_retry_s: Option<f64>,
     pub uptime_s: Option<f64>,
     /// Extension: what `last_code` means.
@@ -102,15 +109,58 @@ fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-fn code_json(code: &str) -> serde_json::Value {
-    match code.parse::<u16>() {
-        Ok(n) => serde_json::Value::from(n),
-        Err(_) => serde_json::Value::from(code),
+impl SessionReport {
+    /// The public view of one session of a trusted record, at `now_ms`.
+    pub fn from_record(r: SessionRecord, now_ms: u64) -> SessionReport {
+        SessionReport {
+            id: r.id,
+            state: r.state,
+            worker_pid: r.worker_pid,
+            restarts: r.restarts,
+            last_code: r.last_code,
+            last_action: r.last_action,
+            next_retry_s: r
+                .next_retry_at_ms
+                .map(|t| seconds(t.saturating_sub(now_ms))),
+            uptime_s: r
+                .worker_started_at_ms
+                .map(|t| seconds(now_ms.saturating_sub(t))),
+            last_meaning: r.last_code.map(|k| k.meaning().to_owned()),
+            last_reason: r.last_reason,
+            jid: r.jid,
+        }
+    }
+
+    fn without_record(id: String, supervisor_holds_lock: bool) -> SessionReport {
+        SessionReport {
+            id,
+            // A supervisor that holds the lock but has no record yet is
+            // starting its sessions.
+            state: if supervisor_holds_lock {
+                State::Starting
+            } else {
+                State::Stopped
+            },
+            worker_pid: None,
+            restarts: 0,
+            last_code: None,
+            last_action: None,
+            next_retry_s: None,
+            uptime_s: None,
+            last_meaning: None,
+            last_reason: None,
+            jid: None,
+        }
     }
 }
 
 impl StatusReport {
-    /// Builds the report from what the lock and the status file say.
+    /// Builds the report from what the lock and the supervisor's record say.
+    ///
+    /// A record trusted (its writer holds the lock now) gives the sessions
+    /// the running supervisor runs, in its order; otherwise the configured
+    /// sessions are listed, `stopped`, or `starting` while a supervisor
+    /// holds the lock but has no record yet.
     pub fn build(
         config: &Config,
         probe: Probe,
@@ -124,54 +174,18 @@ impl StatusReport {
         };
         // The record tells the truth only if its writer holds the lock now.
         let record = record.filter(|r| probe != Probe::NotRunning && pid == Some(r.pid));
-        let sessions = config
-            .sessions
-            .iter()
-            .map(|s| {
-                let id = s.id.as_str();
-                match record
-                    .as_ref()
-                    .and_then(|r| r.sessions.iter().find(|x| x.id == id))
-                {
-                    Some(r) => SessionReport {
-                        id: id.to_owned(),
-                        state: r.state.clone(),
-                        worker_pid: r.worker_pid,
-                        restarts: r.restarts,
-                        last_code: r.last_code.as_deref().map(code_json),
-                        last_action: r.last_action.clone(),
-                        next_retry_s: r
-                            .next_retry_at_ms
-                            .map(|t| seconds(t.saturating_sub(now_ms))),
-                        uptime_s: r
-                            .worker_started_at_ms
-                            .map(|t| seconds(now_ms.saturating_sub(t))),
-                        last_meaning: r
-                            .last_code
-                            .as_deref()
-                            .and_then(|c| c.parse::<CloseKey>().ok())
-                            .map(|k| k.meaning().to_owned()),
-                        last_reason: r.last_reason.clone(),
-                        jid: r.jid.clone(),
-                    },
-                    None => SessionReport {
-                        id: id.to_owned(),
-                        // A supervisor that holds the lock but has not yet
-                        // written its record is starting its sessions.
-                        state: if pid.is_some() { "starting" } else { "stopped" }.to_owned(),
-                        worker_pid: None,
-                        restarts: 0,
-                        last_code: None,
-                        last_action: None,
-                        next_retry_s: None,
-                        uptime_s: None,
-                        last_meaning: None,
-                        last_reason: None,
-                        jid: None,
-                    },
-                }
-            })
-            .collect();
+        let sessions = match record {
+            Some(record) => record
+                .sessions
+                .into_iter()
+                .map(|r| SessionReport::from_record(r, now_ms))
+                .collect(),
+            None => config
+                .sessions
+                .iter()
+                .map(|s| SessionReport::without_record(s.id.to_string(), pid.is_some()))
+                .collect(),
+        };
         StatusReport {
             running: probe != Probe::NotRunning,
             pid,
@@ -202,21 +216,18 @@ impl StatusReport {
         let dash = || "-".to_owned();
         for s in &self.sessions {
             let last = match (&s.last_code, &s.last_meaning) {
-                (Some(c), Some(m)) => format!(
-                    "{} ({m})",
-                    c.as_str().map_or_else(|| c.to_string(), str::to_owned)
-                ),
+                (Some(c), Some(m)) => format!("{c} ({m})"),
                 (Some(c), None) => c.to_string(),
                 _ => dash(),
             };
             rows.push([
                 s.id.clone(),
-                s.state.clone(),
+                s.state.to_string(),
                 s.worker_pid.map_or_else(dash, |p| p.to_string()),
                 s.uptime_s.map_or_else(dash, human_seconds),
                 s.restarts.to_string(),
                 last,
-                s.last_action.clone().unwrap_or_else(dash),
+                s.last_action.map_or_else(dash, |a| a.to_string()),
                 s.next_retry_s.map_or_else(dash, human_seconds),
             ]);
         }
@@ -286,15 +297,16 @@ mod tests {
         StatusRecord {
             pid,
             started_at_ms: 1_000,
+            made_at_ms: 9_000,
             journal: false,
             sessions: vec![SessionRecord {
                 id: "a".into(),
-                state: "backoff".into(),
+                state: State::Backoff,
                 worker_pid: None,
                 restarts: 2,
-                last_code: Some("408".into()),
+                last_code: Some(CloseKey::Code(408)),
                 last_reason: None,
-                last_action: Some("reconnect".into()),
+                last_action: Some(Action::Reconnect),
                 next_retry_at_ms: Some(12_500),
                 worker_started_at_ms: None,
                 connected_at_ms: None,
@@ -315,10 +327,14 @@ mod tests {
         );
         assert!(r.running);
         assert_eq!(r.pid, Some(7));
-        assert_eq!(r.sessions[0].state, "backoff");
-        assert_eq!(r.sessions[0].last_code, Some(serde_json::json!(408)));
+        assert_eq!(r.sessions[0].state, State::Backoff);
+        assert_eq!(r.sessions[0].last_code, Some(CloseKey::Code(408)));
         assert_eq!(r.sessions[0].next_retry_s, Some(2.5));
-        assert_eq!(r.sessions[1].state, "starting");
+        assert_eq!(
+            r.sessions.len(),
+            1,
+            "what the supervisor runs, not what the file on disk says now"
+        );
         let text = r.render_text();
         assert!(text.contains("408 (timed out / connection lost)"), "{text}");
     }
@@ -332,7 +348,7 @@ mod tests {
         assert!(
             r.sessions
                 .iter()
-                .all(|s| s.state == "stopped" && s.worker_pid.is_none())
+                .all(|s| s.state == State::Stopped && s.worker_pid.is_none())
         );
         // A record written by another pid than the lock holder is stale too.
         let r = StatusReport::build(
@@ -341,7 +357,8 @@ mod tests {
             Some(record(7)),
             now,
         );
-        assert_eq!(r.sessions[0].state, "starting");
+        assert_eq!(r.sessions[0].state, State::Starting);
+        assert_eq!(r.sessions.len(), 2);
     }
 
     #[test]
@@ -357,6 +374,10 @@ mod tests {
         for key in ["running", "pid", "sessions"] {
             assert!(v.get(key).is_some(), "{key}");
         }
+        // The JSON strings of the contract, exactly.
+        assert_eq!(v["sessions"][0]["state"], "backoff");
+        assert_eq!(v["sessions"][0]["last_code"], 408);
+        assert_eq!(v["sessions"][0]["last_action"], "reconnect");
         for key in [
             "id",
             "state",

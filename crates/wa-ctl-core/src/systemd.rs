@@ -25,6 +25,11 @@ impl Notifier {
         }
     }
 
+    /// Whether a service manager listens.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// How often to send `WATCHDOG=1`: half the configured timeout, as
     /// sd_watchdog_enabled(3) recommends.
     pub fn watchdog_interval(&self) -> Option<Duration> {

@@ -1,11 +1,13 @@
 //! Property tests (issue #5): the parsers never panic, whatever the input,
-//! and the policy keeps its promises for any parameters.
+//! and the policy keeps its promises for any parameters. Issue #8: the
+//! lifecycle keeps one worker per session whatever the order of commands,
+//! job results and exits.
 
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use wa_ctl_core::config::{Config, ConfigSource, Environment};
-use wa_ctl_core::lifecycle::{Context, ExitKind, Input, Session, State};
+use wa_ctl_core::lifecycle::{Context, Effect, ExitKind, Input, Phase, Session, State};
 use wa_ctl_core::policy::Policy;
 use wa_ctl_core::protocol::{LineSplitter, MAX_LINE, parse_line};
 
@@ -105,10 +107,18 @@ proptest! {
         let mut spawns = 0u32;
         let step = |session: &mut Session, input: Input, now: Instant, spawns: &mut u32| {
             let cx = Context { policy: &policy, stop_timeout: Duration::from_secs(1), now };
-            let effects = session.handle(input, cx);
-            if effects.contains(&wa_ctl_core::lifecycle::Effect::Spawn) {
-                *spawns += 1;
-                session.handle(Input::Spawned { pid: 100 + *spawns }, cx);
+            let mut queue = vec![input];
+            while let Some(input) = queue.pop() {
+                for effect in session.handle(input, cx) {
+                    match effect {
+                        Effect::Prepare => queue.push(Input::Prepared),
+                        Effect::Spawn => {
+                            *spawns += 1;
+                            queue.push(Input::Spawned { pid: 100 + *spawns });
+                        }
+                        _ => {}
+                    }
+                }
             }
         };
         step(&mut session, Input::Start, now, &mut spawns);
@@ -116,7 +126,8 @@ proptest! {
             if let Some(code) = code {
                 step(&mut session, Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code, reason: None }), now, &mut spawns);
             }
-            step(&mut session, Input::Exited { exit: ExitKind::Signal(9), jitter: *jitter }, now, &mut spawns);
+            step(&mut session, Input::Reaped { exit: ExitKind::Signal(9) }, now, &mut spawns);
+            step(&mut session, Input::Ended { jitter: *jitter }, now, &mut spawns);
             if session.state == State::Failed {
                 break;
             }
@@ -128,5 +139,81 @@ proptest! {
         }
         prop_assert_eq!(session.state, State::Failed);
         prop_assert_eq!(spawns, max_restarts + 1);
+    }
+
+    /// Issue #8: the jobs that prepare a session, collect a reaped worker
+    /// and quarantine credentials run off the loop, and their results come
+    /// back in any order with operator commands and timers. Whatever that
+    /// order, a session never has two workers, never spawns outside
+    /// `Preparing`, and never signals a reaped worker.
+    #[test]
+    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..12, 1..200)) {
+        let policy = Policy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            max_restarts: 1000,
+            ..Policy::default()
+        };
+        let mut now = Instant::now();
+        let mut session = Session::new();
+        // The executor's view: the jobs in flight and the live process.
+        let mut prepare_pending = false;
+        let mut collect_pending = false;
+        let mut quarantine_pending = false;
+        let mut alive: Option<u32> = None;
+        let mut spawns = 0u32;
+        for op in ops {
+            let input = match op {
+                0 => Input::Start,
+                1 => Input::Stop,
+                2 => Input::Restart,
+                3 if prepare_pending => { prepare_pending = false; Input::Prepared }
+                4 if prepare_pending => { prepare_pending = false; Input::LockBusy }
+                5 if prepare_pending => { prepare_pending = false; Input::PrepareFailed { reason: "x".into(), jitter: 0.0 } }
+                6 if alive.is_some() => Input::Event(wa_ctl_core::protocol::WorkerEvent::Connected { jid: None }),
+                7 if alive.is_some() => Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code: 440, reason: None }),
+                8 if alive.is_some() => { alive = None; Input::Reaped { exit: ExitKind::Code(1) } }
+                9 if collect_pending => { collect_pending = false; Input::Ended { jitter: 0.0 } }
+                10 if quarantine_pending => { quarantine_pending = false; Input::Quarantined }
+                11 => { now += Duration::from_millis(25); Input::Tick }
+                _ => continue,
+            };
+            let cx = Context { policy: &policy, stop_timeout: Duration::from_millis(20), now };
+            let mut queue = vec![input];
+            while let Some(input) = queue.pop() {
+                for effect in session.handle(input, cx) {
+                    match effect {
+                        Effect::Prepare => {
+                            prop_assert!(!prepare_pending, "a second prepare job");
+                            prepare_pending = true;
+                        }
+                        Effect::Spawn => {
+                            prop_assert!(alive.is_none(), "a second worker");
+                            prop_assert!(!collect_pending, "a spawn before the last worker was collected");
+                            let preparing = matches!(session.phase, Phase::Preparing { cancelled: false });
+                            prop_assert!(preparing, "a spawn outside Preparing");
+                            spawns += 1;
+                            alive = Some(spawns);
+                            queue.push(Input::Spawned { pid: spawns });
+                        }
+                        Effect::Terminate | Effect::KillGroup => {
+                            prop_assert!(alive.is_some(), "a signal to a reaped worker");
+                        }
+                        Effect::Collect => collect_pending = true,
+                        Effect::Quarantine => quarantine_pending = true,
+                        Effect::ReleaseLock => {}
+                    }
+                }
+            }
+            // The phase says what the session waits for.
+            match &session.phase {
+                Phase::Running(w) => prop_assert_eq!(Some(w.pid), alive),
+                Phase::Preparing { .. } => prop_assert!(prepare_pending && alive.is_none()),
+                Phase::Ending { .. } => prop_assert!(collect_pending && alive.is_none()),
+                Phase::Quarantining { .. } => prop_assert!(quarantine_pending && alive.is_none()),
+                Phase::Idle => prop_assert!(alive.is_none() && !prepare_pending),
+            }
+            prop_assert!(session.running().is_none() || session.state != State::Stopped);
+        }
     }
 }

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use wa_ctl_core::config::{Config, ConfigSource, Environment};
 use wa_ctl_core::control::{self, ControlError, Request};
 use wa_ctl_core::fsutil::ensure_private_dir;
+use wa_ctl_core::lifecycle::State;
 use wa_ctl_core::lock::{Probe, SupervisorLock};
 use wa_ctl_core::policy::DEFAULT_ACTION;
 use wa_ctl_core::status::{StatusRecord, StatusReport};
@@ -346,13 +347,29 @@ fn restart(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
     }
 }
 
+/// How long `status` waits for the supervisor's answer before it falls
+/// back to the status file. The loop answers at once when it is healthy.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The running supervisor's record: asked over the control socket, or read
+/// from the status file it keeps when it does not answer.
+fn live_record(config: &Config, session: Option<&str>) -> Option<StatusRecord> {
+    let request = Request::Status {
+        session: session.map(str::to_owned),
+    };
+    match control::request(&config.supervisor.runtime_dir, &request, STATUS_TIMEOUT) {
+        Ok(response) if response.ok => response.status,
+        _ => StatusRecord::read(&config.supervisor.runtime_dir),
+    }
+}
+
 fn status(config: &Config, id: Option<String>, json: bool) -> anyhow::Result<u8> {
     if let Some(id) = &id {
         check_session(config, id)?;
     }
     let probe = probe(config)?;
     let record = match probe {
-        Probe::Running { .. } => StatusRecord::read(&config.supervisor.runtime_dir),
+        Probe::Running { .. } => live_record(config, id.as_deref()),
         Probe::NotRunning => None,
     };
     let mut report = StatusReport::build(config, probe, record, SystemTime::now());
@@ -428,7 +445,7 @@ fn login(config: &Config, id: Option<String>, phone: Option<String>) -> anyhow::
     }
     let mut shown_qr: Option<String> = None;
     let mut shown_code: Option<String> = None;
-    let mut shown_state = String::new();
+    let mut shown_state: Option<State> = None;
     let last = control::login(
         &config.supervisor.runtime_dir,
         &id,
@@ -458,15 +475,18 @@ fn login(config: &Config, id: Option<String>, phone: Option<String>) -> anyhow::
             }
             // Progress: every state change but the last one (the outcome is
             // printed below) goes to stderr, with the why of a close.
-            if !update.done && update.state != shown_state && update.state != "pairing" {
+            if let Some(state) = update
+                .state
+                .filter(|s| !update.done && Some(*s) != shown_state && *s != State::Pairing)
+            {
                 let why = match (&update.last_code, &update.last_reason) {
                     (Some(code), Some(reason)) => format!(" (last close {code}: {reason})"),
                     (Some(code), None) => format!(" (last close {code})"),
                     _ => String::new(),
                 };
-                eprintln!("wa-ctl: session {id}: {}{why}", update.state);
+                eprintln!("wa-ctl: session {id}: {state}{why}");
             }
-            shown_state.clone_from(&update.state);
+            shown_state = update.state;
             out(&text).map_err(std::io::Error::other)
         },
     )?;
@@ -476,8 +496,11 @@ fn login(config: &Config, id: Option<String>, phone: Option<String>) -> anyhow::
     if let Some(error) = last.error {
         bail!("{error}");
     }
-    match last.state.as_str() {
-        "connected" => {
+    let Some(state) = last.state else {
+        bail!("the supervisor ended the login stream without a state")
+    };
+    match state {
+        State::Connected => {
             out(&format!(
                 "session {id}: connected{}\n",
                 last.jid.map(|j| format!(" as {j}")).unwrap_or_default()
@@ -485,10 +508,13 @@ fn login(config: &Config, id: Option<String>, phone: Option<String>) -> anyhow::
             Ok(exit::SUCCESS)
         }
         state => {
-            let why = last.last_reason.or(last.last_code).unwrap_or_default();
+            let why = last
+                .last_reason
+                .or(last.last_code.map(|c| c.to_string()))
+                .unwrap_or_default();
             let hint = match state {
-                "logged_out" => "; run `wa-ctl login` again to pair",
-                "locked" => "; another supervisor runs this session",
+                State::LoggedOut => "; run `wa-ctl login` again to pair",
+                State::Locked => "; another supervisor runs this session",
                 _ => "; see `wa-ctl status` and `wa-ctl logs`",
             };
             bail!(
@@ -505,7 +531,7 @@ fn login(config: &Config, id: Option<String>, phone: Option<String>) -> anyhow::
 
 fn logs(config: &Config, follow: bool, lines: usize) -> anyhow::Result<u8> {
     let under_journal = matches!(probe(config)?, Probe::Running { .. })
-        && StatusRecord::read(&config.supervisor.runtime_dir).is_some_and(|r| r.journal);
+        && live_record(config, None).is_some_and(|r| r.journal);
     if under_journal {
         out(
             "wa-ctl runs under systemd and logs to the journal: use `journalctl -u wa-ctl` (add -f to follow)\n",

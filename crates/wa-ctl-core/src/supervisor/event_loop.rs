@@ -1,0 +1,883 @@
+//! The event loop: one `select!` over signals, control requests, timers and
+//! the events of workers and jobs, each turned into an [`Event`].
+//!
+//! Only the loop touches session state: it feeds inputs to each session's
+//! pure [`Session`] machine and carries out the effects. It never waits:
+//! whatever can take time (taking a lock and ending leftovers, listing
+//! orphans, quarantining, writing the status file) is a job on tokio's
+//! blocking pool or a task, and comes back as an event. The work done per
+//! event is constant: deadlines sit in an ordered set, per-state counts are
+//! kept as states change, and only the sessions an event touched are looked
+//! at afterwards.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::control::{Request, Response, SessionUpdate};
+use crate::lifecycle::{Context, Effect, Input, Phase, State};
+use crate::policy::Jitter;
+use crate::process::{self, Leftover, Spawner, WorkerSpec};
+use crate::protocol::WorkerEvent;
+use crate::session_id::SessionId;
+use crate::session_lock::SessionLocks;
+use crate::status::{SessionRecord, StatusRecord, unix_ms};
+use crate::systemd::Notifier;
+
+use super::control_server;
+use super::event::{Event, Generation, PrepareFailure, SlotId};
+use super::orphans::Sweeper;
+use super::signals::{SignalEvent, Signals};
+use super::slot::Slot;
+use super::spawn::{self, PREPARE_BATCH, PrepareRequest};
+use super::status_file::StatusFile;
+use super::timers::Deadlines;
+use super::watcher;
+
+/// Events queued from watchers and jobs. Bounded, so that a worker flooding
+/// its events pipe is slowed down by backpressure instead of growing memory.
+const EVENT_QUEUE: usize = 1024;
+
+/// Control requests queued from connections.
+const CONTROL_QUEUE: usize = 64;
+
+/// Children reaped per turn of the loop: a burst of exits is served in
+/// slices, with control requests answered in between.
+const REAP_BATCH: usize = 128;
+
+/// Deadlines handled per turn of the loop, for the same reason.
+const TIMER_BATCH: usize = 128;
+
+/// Sessions listed one by one in systemd's `STATUS=` line; more are counted.
+const SUMMARY_DETAIL: usize = 4;
+
+/// The number of [`Phase`] kinds, for the per-phase counts.
+const PHASES: usize = 5;
+
+fn phase_index(phase: &Phase) -> usize {
+    match phase {
+        Phase::Idle => 0,
+        Phase::Preparing { .. } => 1,
+        Phase::Running(_) => 2,
+        Phase::Ending { .. } => 3,
+        Phase::Quarantining { .. } => 4,
+    }
+}
+
+/// What the loop tells `wa-ctl start` (or systemd) once every session it
+/// was started with has a worker, or has failed to get one.
+pub(super) trait Readiness {
+    fn ready(&mut self);
+}
+
+/// The loop's state. One per supervisor.
+pub(super) struct EventLoop {
+    config: Config,
+    slots: Vec<Slot>,
+    ids: HashMap<String, SlotId>,
+    tx: mpsc::Sender<Event>,
+    rx: mpsc::Receiver<Event>,
+    control_tx: mpsc::Sender<Event>,
+    control_rx: mpsc::Receiver<Event>,
+    jitter: Jitter,
+    spawner: Spawner,
+    locks: Arc<SessionLocks>,
+    deadlines: Deadlines,
+    sweeper: Sweeper,
+    status_file: StatusFile,
+    /// Live (unreaped) workers: pid to session and spawn.
+    workers: HashMap<u32, (SlotId, Generation)>,
+    by_state: [usize; State::ALL.len()],
+    by_phase: [usize; PHASES],
+    /// What the start-up scan found, until the first prepares have used it.
+    startup_leftovers: Option<HashMap<PathBuf, Vec<Leftover>>>,
+    scanning: bool,
+    ready_sent: bool,
+    prepare_queue: Vec<SlotId>,
+    touched: Vec<SlotId>,
+    reap_more: bool,
+    shutting_down: bool,
+    final_sweep_requested: bool,
+    shutdown_waiters: Vec<oneshot::Sender<Response>>,
+    started_at: SystemTime,
+    notifier: Notifier,
+    journal: bool,
+}
+
+impl EventLoop {
+    pub(super) fn new(config: Config, spawner: Spawner, locks: Arc<SessionLocks>) -> EventLoop {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let n = config.sessions.len();
+        let slots = (0..n).map(|_| Slot::default()).collect();
+        let ids = config
+            .sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.to_string(), i))
+            .collect();
+        let seed = unix_ms(SystemTime::now()) ^ (u64::from(std::process::id()) << 32);
+        let mut by_state = [0; State::ALL.len()];
+        by_state[State::Stopped.index()] = n;
+        let mut by_phase = [0; PHASES];
+        by_phase[0] = n;
+        let status_file = StatusFile::new(&config.supervisor.runtime_dir);
+        EventLoop {
+            deadlines: Deadlines::new(n),
+            config,
+            slots,
+            ids,
+            tx,
+            rx,
+            control_tx,
+            control_rx,
+            jitter: Jitter::seeded(seed),
+            spawner,
+            locks,
+            sweeper: Sweeper::default(),
+            status_file,
+            workers: HashMap::new(),
+            by_state,
+            by_phase,
+            startup_leftovers: None,
+            scanning: false,
+            ready_sent: false,
+            prepare_queue: Vec::new(),
+            touched: Vec::new(),
+            reap_more: false,
+            shutting_down: false,
+            final_sweep_requested: false,
+            shutdown_waiters: Vec::new(),
+            started_at: SystemTime::now(),
+            notifier: Notifier::from_env(),
+            journal: std::env::var_os("JOURNAL_STREAM").is_some(),
+        }
+    }
+
+    /// Runs until every session is stopped after a shutdown.
+    pub(super) async fn run(
+        &mut self,
+        listener: UnixListener,
+        mut signals: Signals,
+        only: Option<Vec<SessionId>>,
+        readiness: &mut dyn Readiness,
+    ) {
+        info!(
+            pid = std::process::id(),
+            sessions = self.slots.len(),
+            "supervisor started"
+        );
+        control_server::spawn(listener, self.control_tx.clone());
+        self.scanning = true;
+        spawn::startup_scan(
+            self.config.supervisor.state_dir.join("sessions"),
+            self.tx.clone(),
+        );
+        for idx in 0..self.slots.len() {
+            let wanted = only
+                .as_ref()
+                .is_none_or(|only| only.contains(&self.config.sessions[idx].id));
+            if wanted {
+                self.apply(idx, Input::Start);
+            }
+        }
+        let watchdog_interval = self.notifier.watchdog_interval();
+        let mut watchdog_at = watchdog_interval.map(|i| Instant::now() + i);
+
+        loop {
+            self.flush_prepares();
+            if !self.ready_sent && !self.scanning && self.by_phase[1] == 0 {
+                self.ready_sent = true;
+                readiness.ready();
+                let summary = self.summary();
+                self.notifier.ready(&summary);
+                self.write_status(Instant::now());
+            }
+            if self.shutting_down && self.by_phase[0] == self.slots.len() {
+                if !self.final_sweep_requested {
+                    // Nothing the workers detached from their groups
+                    // outlives the supervisor.
+                    self.final_sweep_requested = true;
+                    self.sweeper.request_everything();
+                    self.sweeper.start_if_due(Instant::now(), &self.tx);
+                } else if !self.sweeper.busy() {
+                    break;
+                }
+            }
+            let next_timer = [
+                self.deadlines.next(),
+                self.sweeper.due(),
+                self.status_file.due().filter(|_| self.ready_sent),
+                watchdog_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let event = tokio::select! {
+                // Signals and control requests first: a worker's flood of
+                // events or a burst of exits cannot delay a `ping`, a
+                // `status` or a stop.
+                biased;
+                signal = signals.recv() => Event::Signal(signal),
+                Some(event) = self.control_rx.recv() => event,
+                () = std::future::ready(()), if self.reap_more => Event::Signal(SignalEvent::Child),
+                () = async {
+                    match next_timer {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = Instant::now();
+                    if watchdog_at.is_some_and(|t| t <= now) {
+                        // Reached only when the loop is free to run: a stuck
+                        // loop misses its keep-alive and systemd restarts it.
+                        self.notifier.watchdog();
+                        watchdog_at = watchdog_interval.map(|i| now + i);
+                    }
+                    self.timers(now);
+                    self.answer_touched();
+                    continue;
+                }
+                Some(event) = self.rx.recv() => event,
+            };
+            self.handle(event);
+            self.answer_touched();
+        }
+        info!("supervisor stopped");
+        for waiter in self.shutdown_waiters.drain(..) {
+            let _ = waiter.send(Response::ok("stopped"));
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Signal(SignalEvent::Shutdown) if self.shutting_down => {
+                warn!("second stop signal: killing workers without waiting");
+                for slot in &self.slots {
+                    if let Some(worker) = slot.session.running() {
+                        let _ = process::signal_group(worker.pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            Event::Signal(SignalEvent::Shutdown) => self.begin_shutdown(),
+            Event::Signal(SignalEvent::Hangup) => {
+                info!(
+                    "SIGHUP ignored: restart the supervisor to apply a changed config (`wa-ctl restart`)"
+                )
+            }
+            Event::Signal(SignalEvent::Child) => self.reap_children(),
+            Event::Worker {
+                slot,
+                generation,
+                event,
+            } => self.worker_event(slot, generation, event),
+            Event::Drained { slot, generation } => {
+                if self.slots[slot].generation == generation
+                    && matches!(self.slots[slot].session.phase, Phase::Ending { .. })
+                {
+                    self.sweeper.request(slot);
+                    self.sweeper.start_if_due(Instant::now(), &self.tx);
+                }
+            }
+            Event::Control(request, reply) => self.control(request, reply),
+            Event::Login {
+                session,
+                phone,
+                updates,
+            } => self.login(session, phone, updates),
+            Event::StartupScan(found) => {
+                self.scanning = false;
+                self.startup_leftovers = Some(found);
+            }
+            Event::Prepared { slot, result } => {
+                let input = match result {
+                    Ok(lock) => {
+                        self.slots[slot].lock = Some(lock);
+                        Input::Prepared
+                    }
+                    Err(PrepareFailure::Busy) => Input::LockBusy,
+                    Err(PrepareFailure::Failed(reason)) => Input::PrepareFailed {
+                        reason,
+                        jitter: self.jitter.sample(),
+                    },
+                };
+                self.apply(slot, input);
+            }
+            Event::Quarantined { slot } => self.apply(slot, Input::Quarantined),
+            Event::OrphansListed {
+                sweep,
+                children,
+                cost,
+            } => {
+                let workers = &self.workers;
+                let done = self.sweeper.listed(
+                    sweep,
+                    children,
+                    cost,
+                    |pid| workers.contains_key(&pid),
+                    &self.tx,
+                );
+                self.swept(done);
+            }
+            Event::OrphansIdentified { sweep, found } => {
+                let config = &self.config;
+                let done = self.sweeper.identified(
+                    sweep,
+                    found,
+                    |slot| config.session_dir(&config.sessions[slot].id),
+                    &self.tx,
+                );
+                self.swept(done);
+            }
+            Event::OrphansEnded { sweep, pids } => {
+                debug!(?pids, "orphans ended");
+                let done = self.sweeper.ended(sweep);
+                self.swept(done);
+            }
+            Event::StatusWritten(result) => self.status_file.written(result),
+        }
+    }
+
+    /// Sessions whose orphans are gone: the policy decides for each.
+    fn swept(&mut self, done: Option<Vec<SlotId>>) {
+        for slot in done.into_iter().flatten() {
+            if matches!(self.slots[slot].session.phase, Phase::Ending { .. }) {
+                let jitter = self.jitter.sample();
+                self.apply(slot, Input::Ended { jitter });
+                self.log_ended(slot);
+            }
+        }
+        self.sweeper.start_if_due(Instant::now(), &self.tx);
+    }
+
+    fn log_ended(&self, idx: SlotId) {
+        let s = &self.slots[idx].session;
+        let retry = s.next_retry.map(|t| {
+            let ms = t.saturating_duration_since(Instant::now()).as_millis() as u64;
+            humantime::format_duration(Duration::from_millis(ms)).to_string()
+        });
+        info!(
+            session = %self.config.sessions[idx].id,
+            code = %s.last_close.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            action = %s.last_action.map_or("-", |a| a.as_str()),
+            state = %s.state,
+            retry_in = %retry.as_deref().unwrap_or("-"),
+            "worker ended"
+        );
+    }
+
+    fn worker_event(&mut self, idx: SlotId, generation: Generation, event: WorkerEvent) {
+        if self.slots[idx].generation != generation || self.slots[idx].session.worker().is_none() {
+            return;
+        }
+        // One line per lifecycle change: a worker repeating an event must
+        // not flood the log.
+        let session = &self.slots[idx].session;
+        let before = (session.state, session.pairing_code.is_some());
+        let closed = match &event {
+            WorkerEvent::Closed { code, reason } => Some((*code, reason.clone())),
+            _ => None,
+        };
+        let what = match &event {
+            WorkerEvent::Qr { .. } => "worker reported a QR code",
+            WorkerEvent::PairCode { .. } => "worker reported a pair code",
+            WorkerEvent::Connected { .. } => "worker connected",
+            WorkerEvent::Closed { .. } => "worker reported close",
+            WorkerEvent::PairingExpired => "worker reported that pairing expired",
+        };
+        self.apply(idx, Input::Event(event));
+        let slot = &mut self.slots[idx];
+        if slot.session.state == State::Connected {
+            slot.pair_phone = None;
+        }
+        let s = &slot.session;
+        let id = &self.config.sessions[idx].id;
+        if let Some((code, reason)) = closed {
+            info!(session = %id, code, reason = reason.as_deref().unwrap_or("-"), "{what}");
+        } else if before != (s.state, s.pairing_code.is_some()) {
+            info!(session = %id, state = %s.state, jid = %s.jid.as_deref().unwrap_or("-"), "{what}");
+        } else {
+            debug!(session = %id, "{what}");
+        }
+    }
+
+    /// Finds exited children without waiting: a worker's group is emptied
+    /// while its zombie still pins the number, then it is reaped; orphans
+    /// adopted as subreaper are reaped as they come.
+    fn reap_children(&mut self) {
+        for _ in 0..REAP_BATCH {
+            let child = match process::next_exited_child() {
+                Ok(Some(child)) => child,
+                Ok(None) => {
+                    self.reap_more = false;
+                    return;
+                }
+                Err(e) => {
+                    error!("cannot look for exited children: {e}");
+                    self.reap_more = false;
+                    return;
+                }
+            };
+            let worker = self.workers.remove(&child.pid);
+            if worker.is_some() {
+                // The leader is a zombie, so its pgid cannot name anyone
+                // else: end whatever it left in its group before reaping it.
+                let _ = process::signal_group(child.pid, Signal::SIGKILL);
+            }
+            if let Err(e) = process::reap(child.pid) {
+                error!(pid = child.pid, "cannot reap: {e}");
+            }
+            self.sweeper.reaped(child.pid);
+            let exit = match (child.code, child.signal) {
+                (Some(code), _) => crate::lifecycle::ExitKind::Code(code),
+                (None, Some(sig)) => crate::lifecycle::ExitKind::Signal(sig),
+                (None, None) => crate::lifecycle::ExitKind::Code(-1),
+            };
+            match worker {
+                Some((slot, generation)) if self.slots[slot].generation == generation => {
+                    info!(session = %self.config.sessions[slot].id, pid = child.pid, exit = %exit, "worker exited");
+                    self.apply(slot, Input::Reaped { exit });
+                }
+                Some(_) => {}
+                None => debug!(pid = child.pid, exit = %exit, "reaped an adopted orphan"),
+            }
+        }
+        // More may be waiting: go on after the next control request.
+        self.reap_more = true;
+    }
+
+    fn timers(&mut self, now: Instant) {
+        // An exit not yet collected must not be taken for a worker that
+        // outlived its grace period.
+        self.reap_children();
+        for idx in self.deadlines.pop_due(now, TIMER_BATCH) {
+            self.apply(idx, Input::Tick);
+        }
+        self.sweeper.start_if_due(now, &self.tx);
+        if self.ready_sent {
+            self.write_status(now);
+            if self.notifier.enabled() {
+                let summary = self.summary();
+                self.notifier.status(&summary);
+            }
+        }
+    }
+
+    /// Writes the status file if a write is due (at most once a second).
+    fn write_status(&mut self, now: Instant) {
+        if self.status_file.begin(now) {
+            let record = self.record(None);
+            self.status_file.write(record, &self.tx);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        info!("stopping every session");
+        self.shutting_down = true;
+        self.notifier.stopping();
+        for idx in 0..self.slots.len() {
+            self.apply(idx, Input::Stop);
+        }
+    }
+
+    fn slot_of(&self, session: &str) -> Result<SlotId, Response> {
+        self.ids.get(session).copied().ok_or_else(|| {
+            let known: Vec<&str> = self
+                .config
+                .sessions
+                .iter()
+                .take(10)
+                .map(|s| s.id.as_str())
+                .collect();
+            let more = if self.config.sessions.len() > known.len() {
+                ", ..."
+            } else {
+                ""
+            };
+            Response::error(format!(
+                "no session `{session}` in the configuration (configured: {}{more})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    fn control(&mut self, request: Request, reply: oneshot::Sender<Response>) {
+        let (session, input) = match request {
+            Request::Ping => {
+                let _ = reply.send(Response::ok("pong"));
+                return;
+            }
+            Request::Status { session } => {
+                let response = match session {
+                    None => Response::status(self.record(None)),
+                    Some(id) => match self.slot_of(&id) {
+                        Ok(idx) => Response::status(self.record(Some(idx))),
+                        Err(e) => e,
+                    },
+                };
+                let _ = reply.send(response);
+                return;
+            }
+            _ if self.shutting_down => {
+                let _ = reply.send(Response::error("the supervisor is shutting down"));
+                return;
+            }
+            Request::Shutdown => {
+                self.shutdown_waiters.push(reply);
+                self.begin_shutdown();
+                return;
+            }
+            Request::Start { session } => (session, Input::Start),
+            Request::Stop { session } => (session, Input::Stop),
+            Request::Restart { session } => (session, Input::Restart),
+            // Streams are served by the control server as `Event::Login`.
+            Request::Login { .. } => {
+                let _ = reply.send(Response::error("login is a streaming request"));
+                return;
+            }
+        };
+        let idx = match self.slot_of(&session) {
+            Ok(idx) => idx,
+            Err(e) => {
+                let _ = reply.send(e);
+                return;
+            }
+        };
+        info!(session = %session, request = ?input, "operator request");
+        self.apply(idx, input);
+        self.slots[idx].waiters.push(reply);
+    }
+
+    fn login(
+        &mut self,
+        session: String,
+        phone: Option<String>,
+        updates: mpsc::Sender<SessionUpdate>,
+    ) {
+        let fail = |message: String| {
+            let _ = updates.try_send(SessionUpdate {
+                state: None,
+                qr: None,
+                pair_code: None,
+                jid: None,
+                last_code: None,
+                last_reason: None,
+                done: true,
+                error: Some(message),
+            });
+        };
+        if self.shutting_down {
+            return fail("the supervisor is shutting down".to_owned());
+        }
+        let Some(&idx) = self.ids.get(&session) else {
+            return fail(format!("no session `{session}` in the configuration"));
+        };
+        let slot = &mut self.slots[idx];
+        info!(session = %session, pair_code = phone.is_some(), "operator request: login");
+        let input = if slot.session.state == State::Connected {
+            None
+        } else if let Some(phone) = phone {
+            // A running worker was started without this phone number: it
+            // must start again to use the pair-code flow.
+            let restart = slot.session.running().is_some()
+                && slot.pair_phone.as_deref() != Some(phone.as_str());
+            slot.pair_phone = Some(phone);
+            Some(if restart {
+                Input::Restart
+            } else {
+                Input::Start
+            })
+        } else {
+            Some(Input::Start)
+        };
+        slot.watchers.push(updates);
+        // Everyone watching gets the current state first.
+        slot.last_update = None;
+        self.touch(idx);
+        if let Some(input) = input {
+            self.apply(idx, input);
+        }
+    }
+
+    fn touch(&mut self, idx: SlotId) {
+        let slot = &mut self.slots[idx];
+        if !slot.touched {
+            slot.touched = true;
+            self.touched.push(idx);
+        }
+    }
+
+    /// Answers the clients of the sessions the last event touched.
+    fn answer_touched(&mut self) {
+        for idx in std::mem::take(&mut self.touched) {
+            let slot = &mut self.slots[idx];
+            slot.touched = false;
+            slot.answer(self.config.sessions[idx].id.as_str());
+        }
+    }
+
+    /// Feeds one input to a session and carries out the effects, feeding
+    /// their results back until the session is quiet.
+    fn apply(&mut self, idx: SlotId, input: Input) {
+        let before = (
+            self.slots[idx].session.state,
+            phase_index(&self.slots[idx].session.phase),
+        );
+        let mut queue = std::collections::VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let cx = Context {
+                policy: &self.config.policy,
+                stop_timeout: self.config.supervisor.stop_timeout,
+                now: Instant::now(),
+            };
+            let effects = self.slots[idx].session.handle(input, cx);
+            for effect in effects {
+                if let Some(next) = self.execute(idx, effect) {
+                    queue.push_back(next);
+                }
+            }
+        }
+        let session = &self.slots[idx].session;
+        let after = (session.state, phase_index(&session.phase));
+        if before != after {
+            self.by_state[before.0.index()] -= 1;
+            self.by_state[after.0.index()] += 1;
+            self.by_phase[before.1] -= 1;
+            self.by_phase[after.1] += 1;
+        }
+        self.deadlines.set(idx, session.deadline());
+        self.status_file.touch();
+        self.touch(idx);
+    }
+
+    fn execute(&mut self, idx: SlotId, effect: Effect) -> Option<Input> {
+        let id = &self.config.sessions[idx].id;
+        let slot = &mut self.slots[idx];
+        match effect {
+            Effect::Prepare => {
+                // The lock is still held (a restart, the end of a backoff):
+                // nobody else can have spawned for the session meanwhile.
+                if slot.lock.is_some() {
+                    return Some(Input::Prepared);
+                }
+                self.prepare_queue.push(idx);
+            }
+            Effect::Spawn => return Some(self.spawn(idx)),
+            Effect::Terminate => {
+                if let Some(worker) = slot.session.running() {
+                    info!(session = %id, pgid = worker.pid, "sending SIGTERM to the worker's process group");
+                    if let Err(e) = process::signal_group(worker.pid, Signal::SIGTERM) {
+                        error!(session = %id, "SIGTERM failed: {e}");
+                    }
+                }
+            }
+            Effect::KillGroup => {
+                if let Some(worker) = slot.session.running() {
+                    warn!(session = %id, pgid = worker.pid, "stop_timeout passed: sending SIGKILL to the worker's process group");
+                    if let Err(e) = process::signal_group(worker.pid, Signal::SIGKILL) {
+                        error!(session = %id, "SIGKILL failed: {e}");
+                    }
+                }
+            }
+            Effect::Collect => match slot.reaped_tx.take() {
+                Some(reaped) => {
+                    let _ = reaped.send(());
+                }
+                None => {
+                    // No watcher (its pipe could not be registered): nothing
+                    // to read, go straight to the orphans.
+                    self.sweeper.request(idx);
+                    self.sweeper.start_if_due(Instant::now(), &self.tx);
+                }
+            },
+            Effect::Quarantine => spawn::quarantine(
+                idx,
+                id.clone(),
+                self.config.session_dir(id),
+                self.config.quarantine_dir(),
+                self.tx.clone(),
+            ),
+            Effect::ReleaseLock => slot.lock = None,
+        }
+        None
+    }
+
+    /// Starts prepare jobs for the sessions queued since the last turn, in
+    /// batches; at start-up, once the scan of the process table is in.
+    fn flush_prepares(&mut self) {
+        if self.prepare_queue.is_empty() || self.scanning {
+            return;
+        }
+        let queue = std::mem::take(&mut self.prepare_queue);
+        let mut leftovers = self.startup_leftovers.take();
+        let requests: Vec<PrepareRequest> = queue
+            .into_iter()
+            .filter(|&idx| matches!(self.slots[idx].session.phase, Phase::Preparing { .. }))
+            .map(|idx| {
+                let id = self.config.sessions[idx].id.clone();
+                let dir = self.config.session_dir(&id);
+                let known = leftovers
+                    .as_mut()
+                    .map(|map| map.remove(&dir).unwrap_or_default());
+                PrepareRequest {
+                    slot: idx,
+                    id,
+                    dir,
+                    leftovers: known,
+                }
+            })
+            .collect();
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let batch: Vec<PrepareRequest> = requests.by_ref().take(PREPARE_BATCH).collect();
+            spawn::prepare(
+                batch,
+                Arc::clone(&self.locks),
+                self.config.supervisor.stop_timeout,
+                self.tx.clone(),
+            );
+        }
+    }
+
+    fn spawn(&mut self, idx: SlotId) -> Input {
+        let jitter = self.jitter.sample();
+        let session = &self.config.sessions[idx];
+        let id = &session.id;
+        let dir = self.config.session_dir(id);
+        let base_dir = self.config.source.path().and_then(Path::parent);
+        let program = match process::resolve_program(&session.command[0], base_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                error!(session = %id, "{e}");
+                return Input::SpawnFailed {
+                    reason: e.to_string(),
+                    jitter,
+                };
+            }
+        };
+        let slot = &mut self.slots[idx];
+        let spec = WorkerSpec {
+            program: &program,
+            args: &session.command[1..],
+            session_id: id.as_str(),
+            session_dir: &dir,
+            env: &session.env,
+            pair_phone: slot.pair_phone.as_deref(),
+            cwd: base_dir.unwrap_or(Path::new("/")),
+        };
+        match self.spawner.spawn(&spec) {
+            Ok(worker) => {
+                slot.generation += 1;
+                self.workers.insert(worker.pid, (idx, slot.generation));
+                let (reaped_tx, reaped_rx) = oneshot::channel();
+                slot.reaped_tx = Some(reaped_tx);
+                info!(session = %id, pid = worker.pid, program = %program.display(), "worker spawned");
+                let pid = worker.pid;
+                watcher::spawn(
+                    worker.events,
+                    idx,
+                    slot.generation,
+                    self.tx.clone(),
+                    reaped_rx,
+                );
+                Input::Spawned { pid }
+            }
+            Err(e) => {
+                let reason = crate::error_chain(&e);
+                error!(session = %id, program = %program.display(), "spawn failed: {reason}");
+                Input::SpawnFailed {
+                    reason: format!("spawn failed: {reason}"),
+                    jitter,
+                }
+            }
+        }
+    }
+
+    /// The live record: every session, or one.
+    pub(super) fn record(&self, only: Option<SlotId>) -> StatusRecord {
+        let now_sys = SystemTime::now();
+        let now = Instant::now();
+        let wall = |t: Instant| -> u64 {
+            if t >= now {
+                unix_ms(now_sys + (t - now))
+            } else {
+                unix_ms(now_sys - (now - t))
+            }
+        };
+        let one = |idx: SlotId| -> SessionRecord {
+            let session = &self.slots[idx].session;
+            let running = session.running();
+            SessionRecord {
+                id: self.config.sessions[idx].id.to_string(),
+                state: session.state,
+                worker_pid: running.map(|w| w.pid),
+                restarts: session.restarts,
+                last_code: session.last_close,
+                last_reason: session.last_reason.clone(),
+                last_action: session.last_action,
+                next_retry_at_ms: session.next_retry.map(wall),
+                worker_started_at_ms: running.map(|w| wall(w.spawned_at)),
+                connected_at_ms: running.and_then(|w| w.connected_at).map(wall),
+                jid: session.jid.clone(),
+                pairing: session.pairing_code.clone(),
+            }
+        };
+        let sessions = match only {
+            Some(idx) => vec![one(idx)],
+            None => (0..self.slots.len()).map(one).collect(),
+        };
+        StatusRecord {
+            pid: std::process::id(),
+            started_at_ms: unix_ms(self.started_at),
+            made_at_ms: unix_ms(now_sys),
+            journal: self.journal,
+            sessions,
+        }
+    }
+
+    /// The one-line summary for systemd's `STATUS=`: each session for a
+    /// few, e.g. `default: connected; sales: backoff 8s (408)`, and counts
+    /// by state for more, e.g. `1000 sessions: 990 connected, 10 backoff`.
+    fn summary(&self) -> String {
+        if self.slots.len() > SUMMARY_DETAIL {
+            let counts: Vec<String> = State::ALL
+                .iter()
+                .filter(|s| self.by_state[s.index()] > 0)
+                .map(|s| format!("{} {s}", self.by_state[s.index()]))
+                .collect();
+            return format!("{} sessions: {}", self.slots.len(), counts.join(", "));
+        }
+        let now = Instant::now();
+        let parts: Vec<String> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(idx, s)| {
+                let session = &s.session;
+                let mut part = format!("{}: {}", self.config.sessions[idx].id, session.state);
+                if let Some(retry) = session.next_retry {
+                    part.push_str(&format!(
+                        " {}s",
+                        retry.saturating_duration_since(now).as_secs_f64().ceil() as u64
+                    ));
+                }
+                if let (Some(code), false) = (session.last_close, session.state == State::Connected)
+                {
+                    part.push_str(&format!(" ({code})"));
+                }
+                part
+            })
+            .collect();
+        parts.join("; ")
+    }
+}
