@@ -17,7 +17,7 @@ pub const LOCK_FILE: &str = "wa-ctl.lock";
 
 /// A lock that could not be taken or checked.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot lock {path}: {source}")]
+#[error("cannot lock {path}")]
 pub struct LockError {
     pub path: PathBuf,
     #[source]

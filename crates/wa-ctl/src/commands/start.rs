@@ -3,8 +3,9 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use wa_ctl_core::config::Config;
@@ -28,9 +29,25 @@ pub(super) fn start(config: &Config, id: Option<String>, foreground: bool) -> an
     if foreground {
         // SAFETY: called once, at start-up, before anything else owns descriptors.
         let ready = unsafe { process::take_ready_fd() };
+        // The supervisor's `error` line carries the error's own message, not
+        // its causes. A copy of the descriptor lets this process follow that
+        // line with the whole chain, which `start_background` prefers.
+        let ready_copy = ready.as_ref().and_then(|fd| fd.try_clone().ok());
         // The lock decides, not a probe: a probe could be stale by the time
         // we act on it.
-        return match supervisor::run(config.clone(), supervisor::Options { only, ready })? {
+        let outcome = match supervisor::run(config.clone(), supervisor::Options { only, ready }) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let err = anyhow::Error::from(e);
+                if let Some(fd) = ready_copy {
+                    // The starter may have gone away; nothing to do about it then.
+                    let _ = writeln!(File::from(fd), "error {}", exit::describe(&err));
+                }
+                return Err(err);
+            }
+        };
+        drop(ready_copy);
+        return match outcome {
             supervisor::Outcome::Stopped => Ok(exit::SUCCESS),
             supervisor::Outcome::AlreadyRunning(pid) => already_running(config, pid, id),
         };
@@ -77,24 +94,39 @@ pub(super) fn start_background(config: &Config, id: Option<String>) -> anyhow::R
     let (mut child, ready) = process::spawn_background_supervisor(&exe, &args, log)
         .with_context(|| format!("starting {} in the background", exe.display()))?;
 
+    // Every line of the report, as it comes, until the pipe closes.
+    let deadline = Instant::now() + START_TIMEOUT;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(File::from(ready)).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(File::from(ready))
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
     let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
-    let (word, rest) = line
-        .trim_end()
-        .split_once(' ')
-        .unwrap_or((line.trim_end(), ""));
+    let (word, rest) = line.split_once(' ').unwrap_or((&line, ""));
     match word {
         "ready" => {
             out(&format!("started (pid {rest})\n"))?;
             Ok(exit::SUCCESS)
         }
         "running" => already_running(config, rest.parse().ok(), id),
-        "error" => bail!("{rest} (log: {})", log_path.display()),
+        "error" => {
+            // The process that reported it follows the line with the same
+            // error and all its causes, then exits: the last word is fullest.
+            let mut message = rest.to_owned();
+            while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                if let Some(fuller) = line.strip_prefix("error ") {
+                    message = fuller.to_owned();
+                }
+            }
+            bail!("{message} (log: {})", log_path.display())
+        }
         _ => {
             let how = match child.try_wait() {
                 Ok(Some(status)) => format!("the supervisor exited during start-up ({status})"),
