@@ -1,9 +1,14 @@
 //! `wa-ctl stop [ID] [--all]`: one session through the running supervisor,
 //! or the whole supervisor, then (with `--all`) the strays.
 
-use std::time::Duration;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use wa_ctl_core::config::Config;
 use wa_ctl_core::control::{self, ControlError, Request};
 use wa_ctl_core::lock::{Probe, SupervisorLock};
@@ -44,22 +49,76 @@ fn end_strays(config: &Config) -> anyhow::Result<()> {
 const SOCKET_GRACE: Duration = Duration::from_secs(3);
 
 /// Sends `Shutdown`. A supervisor that has just taken its lock may not
-/// listen yet: retry the connection for a moment rather than signal it.
+/// listen yet: while it holds the lock, wait for its socket rather than
+/// signal it.
 fn shutdown_request(config: &Config) -> anyhow::Result<Result<control::Response, ControlError>> {
-    let deadline = std::time::Instant::now() + SOCKET_GRACE;
+    let runtime_dir = &config.supervisor.runtime_dir;
+    let deadline = Instant::now() + SOCKET_GRACE;
+    // Watch before the first attempt, so that a socket that appears between
+    // a refused connection and the wait still wakes it.
+    let watch = RuntimeDirWatch::new(runtime_dir);
     loop {
-        let result = control::request(
-            &config.supervisor.runtime_dir,
-            &Request::Shutdown,
-            stop_timeout(config),
-        );
-        let retry = matches!(result, Err(ControlError::Connect { .. }))
-            && std::time::Instant::now() < deadline
+        let result = control::request(runtime_dir, &Request::Shutdown, stop_timeout(config));
+        let waiting = matches!(result, Err(ControlError::Connect { .. }))
             && matches!(probe(config)?, Probe::Running { .. });
-        if !retry {
+        let woken = match &watch {
+            Some(watch) if waiting => watch.wait_until(deadline)?,
+            _ => false,
+        };
+        if !woken {
             return Ok(result);
         }
-        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Changes in `runtime_dir` that can mean the supervisor's state moved on:
+/// it binds its socket (`IN_CREATE`, or `IN_MOVED_TO` for a socket bound
+/// elsewhere and renamed), sets the socket's mode once it listens
+/// (`IN_ATTRIB`; a connection between bind and listen is refused), writes
+/// its status file, or dies and so closes its lock file (`IN_CLOSE_WRITE`).
+/// Each wake-up is only a cue to try again.
+struct RuntimeDirWatch(Inotify);
+
+impl RuntimeDirWatch {
+    /// `None` when the directory cannot be watched (it is gone, or inotify
+    /// is out of instances): the caller then does not wait, and treats a
+    /// supervisor without a socket as stuck.
+    fn new(runtime_dir: &Path) -> Option<Self> {
+        let events = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_CLOSE_WRITE;
+        let watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .and_then(|inotify| inotify.add_watch(runtime_dir, events).map(|_| inotify));
+        match watch {
+            Ok(inotify) => Some(RuntimeDirWatch(inotify)),
+            Err(e) => {
+                tracing::debug!("cannot watch {}: {e}", runtime_dir.display());
+                None
+            }
+        }
+    }
+
+    /// Waits for the next change, up to `deadline`. Returns whether one came.
+    fn wait_until(&self, deadline: Instant) -> anyhow::Result<bool> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(false);
+        }
+        let timeout = PollTimeout::try_from(remaining).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => Ok(false),
+            Ok(_) => {
+                // Drain the queue, so that the next wait sleeps until a new change.
+                match self.0.read_events() {
+                    Ok(_) | Err(Errno::EAGAIN) => Ok(true),
+                    Err(e) => Err(e).context("reading inotify events"),
+                }
+            }
+            Err(Errno::EINTR) => Ok(true),
+            Err(e) => Err(e).context("waiting for the control socket"),
+        }
     }
 }
 
