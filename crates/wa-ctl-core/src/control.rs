@@ -113,7 +113,7 @@ impl Response {
 /// A request that did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot reach the supervisor at {path}: {source}")]
+    #[error("cannot reach the supervisor at {path}")]
     Connect {
         path: PathBuf,
         #[source]
@@ -123,7 +123,7 @@ pub enum ControlError {
     Timeout(Duration),
     #[error("the supervisor closed the connection without answering")]
     NoAnswer,
-    #[error("talking to the supervisor: {0}")]
+    #[error("cannot talk to the supervisor")]
     Io(#[source] io::Error),
     #[error("bad answer from the supervisor: {0}")]
     BadAnswer(String),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// A directory wa-ctl cannot use.
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     Create {
         path: PathBuf,
         #[source]

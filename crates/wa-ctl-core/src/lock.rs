@@ -17,12 +17,25 @@ pub const LOCK_FILE: &str = "wa-ctl.lock";
 
 /// A lock that could not be taken or checked.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot lock {path}: {source}")]
+#[error("cannot lock {path}")]
 pub struct LockError {
     pub path: PathBuf,
     #[source]
     pub source: io::Error,
 }
+
+/// The first pause of `SupervisorLock::acquire` while a probe holds the
+/// shared lock. The pause doubles on each attempt.
+///
+/// A probe holds the shared lock only from its `try_lock_shared` to the
+/// close of its file, with a read of a few bytes in between (`probe`), or
+/// for the moment after a supervisor exits (`wait_released`): a few
+/// microseconds, never across anything that can block for long.
+const PROBE_BACKOFF_FIRST: Duration = Duration::from_micros(50);
+
+/// How many exclusive attempts `acquire` makes. With the pause doubling from
+/// 50 µs, it waits 50 µs × (2¹⁰ − 1) ≈ 51 ms in all before it gives up.
+const PROBE_BACKOFF_ATTEMPTS: u32 = 11;
 
 /// What a look at the supervisor lock found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +79,13 @@ impl SupervisorLock {
             source,
         };
         let mut file = open_lock_file(&path, true).map_err(err)?;
-        // `wa-ctl status` probes with a shared lock for an instant. An
-        // exclusive attempt that fails only because of such a probe must not
-        // be mistaken for a running supervisor, so tell the two apart: a
-        // shared lock can be had beside a probe, never beside a supervisor.
-        for _ in 0..10_000 {
+        // `wa-ctl status` and `stop` probe with a shared lock. An exclusive
+        // attempt that fails only because of such a probe must not be
+        // mistaken for a running supervisor, so tell the two apart: a shared
+        // lock can be had beside a probe, never beside a supervisor. A probe
+        // lets go within microseconds, so a short backoff outlasts it.
+        let mut pause = PROBE_BACKOFF_FIRST;
+        for attempt in 1..=PROBE_BACKOFF_ATTEMPTS {
             match file.try_lock() {
                 Ok(()) => {
                     file.set_len(0).map_err(err)?;
@@ -86,7 +101,13 @@ impl SupervisorLock {
                 Err(TryLockError::WouldBlock) => return Ok(Err(read_pid(&mut file))),
                 Err(TryLockError::Error(e)) => return Err(err(e)),
             }
+            if attempt < PROBE_BACKOFF_ATTEMPTS {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
         }
+        // Probes that never stop (a tight loop of `wa-ctl status`) look like
+        // a running supervisor; the caller reports whatever pid is inside.
         Ok(Err(read_pid(&mut file)))
     }
 
@@ -161,6 +182,23 @@ mod tests {
             SupervisorLock::probe(tmp.path()).unwrap(),
             Probe::NotRunning
         );
+    }
+
+    #[test]
+    fn a_probe_that_never_lets_go_is_waited_out_briefly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = open_lock_file(&tmp.path().join(LOCK_FILE), true).unwrap();
+        probe.lock_shared().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            SupervisorLock::acquire(tmp.path()).unwrap().unwrap_err(),
+            None
+        );
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        drop(probe);
+        assert!(SupervisorLock::acquire(tmp.path()).unwrap().is_ok());
     }
 
     #[test]

@@ -25,15 +25,41 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     if usage { USAGE } else { FAILURE }
 }
 
-/// One line: every cause, outermost first.
+/// One line: every cause, outermost first, joined with ": ".
+///
+/// No error type repeats its source in its `Display`: each says only its
+/// own part and leaves the cause to `source()`. So every cause appears once:
+/// `cannot create /x/run: Read-only file system (os error 30)`.
 pub fn describe(err: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        // thiserror messages often embed their source already.
-        if !parts.last().is_some_and(|p| p.contains(&text)) {
-            parts.push(text);
-        }
+    err.chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::PathBuf;
+
+    use anyhow::Context as _;
+    use wa_ctl_core::lock::LockError;
+
+    use super::*;
+
+    #[test]
+    fn every_cause_once() {
+        let err = Err::<(), _>(LockError {
+            path: PathBuf::from("/x/run/wa-ctl.lock"),
+            source: io::Error::from_raw_os_error(nix::libc::EROFS),
+        })
+        .context("starting the supervisor")
+        .unwrap_err();
+        assert_eq!(
+            describe(&err),
+            "starting the supervisor: cannot lock /x/run/wa-ctl.lock: \
+             Read-only file system (os error 30)"
+        );
+        assert_eq!(code_for(&err), FAILURE);
     }
-    parts.join(": ")
 }

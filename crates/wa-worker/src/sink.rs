@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{BorrowedFd, FromRawFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Mutex;
 
 /// A writer of JSON lines, one `write` call per line so that a line is never
@@ -19,19 +19,29 @@ impl Sink {
             .to_str()
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("WA_CTL_EVENTS_FD is not a descriptor number: {value:?}"))?;
-        // SAFETY: checking the flags of a number is harmless; a closed fd fails.
-        let open = fd >= 0
-            && nix::fcntl::fcntl(
-                unsafe { BorrowedFd::borrow_raw(fd) },
-                nix::fcntl::FcntlArg::F_GETFD,
-            )
-            .is_ok();
-        if !open {
+        // SAFETY: F_GETFD on a raw number reads flags and has no effect,
+        // open or not; no descriptor is borrowed before it is known open.
+        if fd < 0 || unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } == -1 {
             return Err(format!("WA_CTL_EVENTS_FD={fd} is not an open descriptor"));
         }
-        // SAFETY: the supervisor handed this descriptor to us alone.
-        let file = unsafe { File::from_raw_fd(fd) };
-        Ok(Sink(Mutex::new(Box::new(file))))
+        let owned = if fd <= 2 {
+            // stdio stays stdio: write to a duplicate rather than own it.
+            // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one.
+            let copy = unsafe { nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 3) };
+            if copy == -1 {
+                return Err(format!(
+                    "cannot duplicate WA_CTL_EVENTS_FD={fd}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // SAFETY: a fresh descriptor, ours alone.
+            unsafe { OwnedFd::from_raw_fd(copy) }
+        } else {
+            // SAFETY: open, checked above, and the supervisor handed this
+            // descriptor to us alone.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        };
+        Ok(Sink(Mutex::new(Box::new(File::from(owned)))))
     }
 
     /// Writes one event. A broken pipe means the supervisor is gone, and the

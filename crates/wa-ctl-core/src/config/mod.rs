@@ -1,0 +1,339 @@
+//! The configuration: the effective values once defaults are applied, and
+//! the one entry point that finds, reads and validates them.
+//!
+//! The key names are a public contract (see the README and
+//! `examples/wa-ctl.toml`). Every key is optional; with no file at all the
+//! embedded defaults apply. Parsing is strict: unknown keys, bad values and
+//! invalid session ids are errors that name the file, the line and the key.
+//!
+//! The work is split by stage: `locate` finds the file and the default
+//! directories, `raw` is the file format as serde reads it, `validate` turns
+//! that into the types below, and `error` places failures in the file.
+
+mod error;
+mod locate;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use self::error::ConfigError;
+pub use self::locate::Environment;
+use crate::policy::Policy;
+use crate::session_id::SessionId;
+
+/// The environment variable that names the configuration file.
+pub const CONFIG_ENV: &str = "WA_CTL_CONFIG";
+
+/// The configuration file that root uses when neither `--config` nor
+/// `$WA_CTL_CONFIG` names one.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/wa-ctl/wa-ctl.toml";
+
+/// Where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "path", rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// Named by `--config`.
+    Flag(PathBuf),
+    /// Named by `$WA_CTL_CONFIG`.
+    Env(PathBuf),
+    /// Found at the default location for this user.
+    DefaultPath(PathBuf),
+    /// No file: the embedded defaults.
+    Embedded,
+}
+
+impl ConfigSource {
+    /// The file the configuration was read from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::Flag(p) | ConfigSource::Env(p) | ConfigSource::DefaultPath(p) => Some(p),
+            ConfigSource::Embedded => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Flag(p) => write!(f, "{} (from --config)", p.display()),
+            ConfigSource::Env(p) => write!(f, "{} (from ${CONFIG_ENV})", p.display()),
+            ConfigSource::DefaultPath(p) => write!(f, "{}", p.display()),
+            ConfigSource::Embedded => f.write_str("embedded defaults (no file)"),
+        }
+    }
+}
+
+/// One supervised session, with its worker command and environment resolved
+/// from `[worker]` and the session's own overrides.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionConfig {
+    pub id: SessionId,
+    /// The worker's argv; never passed through a shell.
+    pub command: Vec<String>,
+    /// Extra environment: `[worker] env` with the session's `env` merged over it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The `[supervisor]` table, with defaults applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorConfig {
+    pub runtime_dir: PathBuf,
+    pub state_dir: PathBuf,
+    #[serde(serialize_with = "ser_duration")]
+    pub stop_timeout: Duration,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    #[serde(skip)]
+    pub source: ConfigSource,
+    pub supervisor: SupervisorConfig,
+    pub policy: Policy,
+    #[serde(rename = "session")]
+    pub sessions: Vec<SessionConfig>,
+}
+
+impl Config {
+    /// Finds, reads and validates the configuration, as the CLI does.
+    pub fn load(flag: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+        // Absolute from the start: relative paths inside the file are
+        // resolved from its directory, whatever the process's cwd later is.
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        let candidate = env.config_candidate(flag).map(|c| match c {
+            ConfigSource::Flag(p) => ConfigSource::Flag(absolute(p)),
+            ConfigSource::Env(p) => ConfigSource::Env(absolute(p)),
+            ConfigSource::DefaultPath(p) => ConfigSource::DefaultPath(absolute(p)),
+            ConfigSource::Embedded => ConfigSource::Embedded,
+        });
+        match candidate {
+            Some(source @ ConfigSource::DefaultPath(_)) => {
+                let path = source.path().expect("default path source has a path");
+                match std::fs::read_to_string(path) {
+                    Ok(text) => Config::parse(&text, source, env),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Config::parse("", ConfigSource::Embedded, env)
+                    }
+                    Err(source) => Err(ConfigError::Read {
+                        path: path.to_path_buf(),
+                        source,
+                    }),
+                }
+            }
+            // A file named explicitly must exist: silently running on defaults
+            // would hide a typo in a path.
+            Some(source) => {
+                let path = source.path().expect("explicit source has a path");
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source: e,
+                })?;
+                Config::parse(&text, source, env)
+            }
+            None => Config::parse("", ConfigSource::Embedded, env),
+        }
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(
+        text: &str,
+        source: ConfigSource,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
+        let display_path = match source.path() {
+            Some(p) => p.display().to_string(),
+            None => "<embedded defaults>".to_owned(),
+        };
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| error::invalid_from_toml(&display_path, text, &e))?;
+        let base_dir = source.path().and_then(Path::parent).map(Path::to_path_buf);
+        let resolve_dir = |p: PathBuf| match &base_dir {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p,
+        };
+
+        let runtime_dir = match raw.supervisor.runtime_dir {
+            Some(p) => resolve_dir(p),
+            None => env.default_runtime_dir()?,
+        };
+        let state_dir = match raw.supervisor.state_dir {
+            Some(p) => resolve_dir(p),
+            None => env.default_state_dir()?,
+        };
+        let place = |(span, key, message): error::SpannedError| {
+            error::invalid_at(&display_path, text, span, key, message)
+        };
+        let policy = validate::policy(raw.policy).map_err(place)?;
+        let sessions = validate::sessions(raw.worker, raw.session).map_err(place)?;
+
+        Ok(Config {
+            source,
+            supervisor: SupervisorConfig {
+                runtime_dir,
+                state_dir,
+                stop_timeout: validate::stop_timeout(raw.supervisor.stop_timeout),
+            },
+            policy,
+            sessions,
+        })
+    }
+
+    /// The session with this id, if configured.
+    pub fn session(&self, id: &str) -> Option<&SessionConfig> {
+        self.sessions.iter().find(|s| s.id.as_str() == id)
+    }
+
+    /// `<state_dir>/sessions/<id>`: the worker's `WA_CTL_SESSION_DIR`.
+    pub fn session_dir(&self, id: &SessionId) -> PathBuf {
+        self.supervisor.state_dir.join("sessions").join(id.as_str())
+    }
+
+    /// `<state_dir>/quarantine`: where logged-out credentials are moved.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.supervisor.state_dir.join("quarantine")
+    }
+
+    /// `<state_dir>/wa-ctl.log`: the supervisor's log when it runs in the background.
+    pub fn log_path(&self) -> PathBuf {
+        self.supervisor.state_dir.join("wa-ctl.log")
+    }
+
+    /// The effective configuration rendered as TOML, for `wa-ctl check`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Writes a duration the way the file takes it ("10s", "1m 30s").
+pub(crate) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+    use crate::policy::Action;
+
+    fn env_user() -> Environment {
+        Environment::new(
+            false,
+            [
+                ("HOME".to_owned(), OsString::from("/home/u")),
+                (
+                    "XDG_RUNTIME_DIR".to_owned(),
+                    OsString::from("/run/user/1000"),
+                ),
+            ],
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            ConfigSource::Flag("/etc/x/wa.toml".into()),
+            &env_user(),
+        )
+    }
+
+    #[test]
+    fn embedded_defaults() {
+        let c = Config::parse("", ConfigSource::Embedded, &env_user()).unwrap();
+        assert_eq!(c.supervisor.runtime_dir, Path::new("/run/user/1000/wa-ctl"));
+        assert_eq!(
+            c.supervisor.state_dir,
+            Path::new("/home/u/.local/state/wa-ctl")
+        );
+        assert_eq!(c.supervisor.stop_timeout, Duration::from_secs(10));
+        assert_eq!(c.sessions.len(), 1);
+        assert_eq!(c.sessions[0].id.as_str(), "default");
+        assert_eq!(c.sessions[0].command, vec!["wa-worker"]);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            r#"
+[supervisor]
+runtime_dir = "run"
+state_dir = "/var/tmp/st"
+stop_timeout = "250ms"
+[worker]
+command = ["w", "--x"]
+env = { A = "1", B = "2" }
+[policy]
+initial_backoff = "100ms"
+max_backoff = "1s"
+backoff_multiplier = 3.0
+jitter = 0.0
+max_restarts = 3
+[policy.codes]
+408 = "stop"
+crash = "restart"
+[[session]]
+id = "a"
+[[session]]
+id = "b-2"
+command = ["other"]
+env = { B = "3" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.supervisor.runtime_dir, Path::new("/etc/x/run"));
+        assert_eq!(c.supervisor.stop_timeout, Duration::from_millis(250));
+        assert_eq!(c.sessions[0].command, vec!["w", "--x"]);
+        assert_eq!(c.sessions[1].command, vec!["other"]);
+        assert_eq!(c.sessions[1].env["A"], "1");
+        assert_eq!(c.sessions[1].env["B"], "3");
+        assert_eq!(c.policy.max_restarts, 3);
+        assert_eq!(c.policy.action_for_code(408), Action::Stop);
+        assert_eq!(
+            c.policy.action_for_code(401),
+            Action::Logout,
+            "defaults survive a partial [policy.codes]"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let e = parse("[policy]\njitter = 1.5\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/x/wa.toml:2:10: key `policy.jitter`: "),
+            "{e}"
+        );
+        let e = parse("[supervisor]\nstop_timout = \"1s\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/x/wa.toml:2:1: key `stop_timout`: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_runtime_dir_for_user_without_xdg() {
+        let env = Environment::new(false, [("HOME".to_owned(), OsString::from("/h"))]);
+        assert!(matches!(
+            Config::parse("", ConfigSource::Embedded, &env),
+            Err(ConfigError::NoDefaultDir {
+                what: "runtime_dir",
+                ..
+            })
+        ));
+        let c = Config::parse(
+            "[supervisor]\nruntime_dir = \"/r\"\n",
+            ConfigSource::Embedded,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.supervisor.runtime_dir, Path::new("/r"));
+    }
+}

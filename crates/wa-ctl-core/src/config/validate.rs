@@ -1,0 +1,248 @@
+//! From the file as written to the effective values: defaults applied,
+//! sessions merged over `[worker]`, and every check that serde cannot make
+//! alone (ranges, cross-key rules, commands, environment, unique ids).
+//!
+//! A failed check returns the span of the offending value and its key; the
+//! caller turns that into a file:line:key error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::SessionConfig;
+use super::error::SpannedError;
+use super::raw::{HumanDuration, RawPolicy, RawSession, RawWorker};
+use crate::policy::Policy;
+use crate::session_id::SessionId;
+
+/// The effective policy: the defaults with the file's values over them.
+pub(super) fn policy(raw: RawPolicy) -> Result<Policy, SpannedError> {
+    let mut p = Policy::default();
+    if let Some(d) = &raw.initial_backoff {
+        p.initial_backoff = d.get_ref().0;
+    }
+    if let Some(d) = &raw.max_backoff {
+        p.max_backoff = d.get_ref().0;
+    }
+    if p.initial_backoff > p.max_backoff {
+        let span = raw
+            .initial_backoff
+            .as_ref()
+            .or(raw.max_backoff.as_ref())
+            .map(|s| s.span())
+            .unwrap_or(0..0);
+        return Err((
+            span,
+            "policy.initial_backoff",
+            format!(
+                "initial_backoff ({}) is larger than max_backoff ({})",
+                humantime::format_duration(p.initial_backoff),
+                humantime::format_duration(p.max_backoff)
+            ),
+        ));
+    }
+    if let Some(m) = raw.backoff_multiplier {
+        let v = *m.get_ref();
+        if !(v.is_finite() && (1.0..=1000.0).contains(&v)) {
+            return Err((
+                m.span(),
+                "policy.backoff_multiplier",
+                format!("{v} is out of range: use a number from 1.0 to 1000.0"),
+            ));
+        }
+        p.backoff_multiplier = v;
+    }
+    if let Some(j) = raw.jitter {
+        let v = *j.get_ref();
+        if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+            return Err((
+                j.span(),
+                "policy.jitter",
+                format!("{v} is out of range: use a fraction from 0.0 up to (not including) 1.0"),
+            ));
+        }
+        p.jitter = v;
+    }
+    if let Some(d) = raw.reset_after {
+        p.reset_after = d.0;
+    }
+    if let Some(n) = raw.max_restarts {
+        p.max_restarts = n;
+    }
+    if let Some(d) = raw.restart_window {
+        p.restart_window = d.0;
+    }
+    if let Some(codes) = raw.codes {
+        p.codes.extend(codes);
+    }
+    Ok(p)
+}
+
+/// The effective sessions: each `[[session]]` (or the one default session)
+/// with its command and environment merged over `[worker]`.
+pub(super) fn sessions(
+    worker: RawWorker,
+    raw_sessions: Option<Vec<RawSession>>,
+) -> Result<Vec<SessionConfig>, SpannedError> {
+    let worker_command = match worker.command {
+        Some(c) => {
+            check_command(c.get_ref()).map_err(|m| (c.span(), "worker.command", m))?;
+            c.into_inner()
+        }
+        None => vec!["wa-worker".to_owned()],
+    };
+    let worker_env = match worker.env {
+        Some(env) => {
+            check_env(env.get_ref()).map_err(|m| (env.span(), "worker.env", m))?;
+            env.into_inner()
+        }
+        None => BTreeMap::new(),
+    };
+
+    let raw_sessions = raw_sessions.unwrap_or_else(|| vec![RawSession::default()]);
+    let mut sessions: Vec<SessionConfig> = Vec::with_capacity(raw_sessions.len());
+    for s in raw_sessions {
+        let id = match s.id {
+            Some(id) => {
+                if sessions.iter().any(|o| o.id == *id.get_ref()) {
+                    return Err((
+                        id.span(),
+                        "session.id",
+                        format!("session id `{}` is used twice", id.get_ref()),
+                    ));
+                }
+                id.into_inner()
+            }
+            None => {
+                let default = SessionId::default_id();
+                if sessions.iter().any(|o| o.id == default) {
+                    // No id was written, so there is no span to point at:
+                    // the top of the file.
+                    return Err((
+                        0..0,
+                        "session.id",
+                        "more than one [[session]] has no id (the default id is `default`)"
+                            .to_owned(),
+                    ));
+                }
+                default
+            }
+        };
+        let command = match s.command {
+            Some(c) => {
+                check_command(c.get_ref()).map_err(|m| (c.span(), "session.command", m))?;
+                c.into_inner()
+            }
+            None => worker_command.clone(),
+        };
+        let mut env = worker_env.clone();
+        if let Some(session_env) = s.env {
+            check_env(session_env.get_ref()).map_err(|m| (session_env.span(), "session.env", m))?;
+            env.extend(session_env.into_inner());
+        }
+        sessions.push(SessionConfig { id, command, env });
+    }
+    Ok(sessions)
+}
+
+/// The stop timeout, 10 seconds unless the file says otherwise.
+pub(super) fn stop_timeout(raw: Option<HumanDuration>) -> Duration {
+    raw.map_or(Duration::from_secs(10), |d| d.0)
+}
+
+fn check_command(command: &[String]) -> Result<(), String> {
+    match command.first() {
+        None => {
+            Err("the command is empty: give at least the program, e.g. [\"wa-worker\"]".to_owned())
+        }
+        Some(p) if p.is_empty() => Err("the program name is empty".to_owned()),
+        Some(_) if command.iter().any(|a| a.contains('\0')) => {
+            Err("an argument contains a NUL byte".to_owned())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(format!("invalid environment variable name `{k}`"));
+        }
+        if v.contains('\0') {
+            return Err(format!("the value of `{k}` contains a NUL byte"));
+        }
+        if k.starts_with("WA_CTL_") {
+            return Err(format!(
+                "`{k}` is reserved: wa-ctl sets the WA_CTL_* variables itself"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::error::line_column;
+    use super::super::raw::RawConfig;
+    use super::*;
+
+    /// Validates `text` as `Config::parse` does, and returns the line and
+    /// key of the first failed check.
+    fn check(text: &str) -> Result<(), (usize, &'static str, String)> {
+        let raw: RawConfig = toml::from_str(text).expect("the text deserializes");
+        let result = policy(raw.policy).and_then(|_| sessions(raw.worker, raw.session));
+        result
+            .map(drop)
+            .map_err(|(span, key, message)| (line_column(text, span.start).0, key, message))
+    }
+
+    #[test]
+    fn bad_values() {
+        for (text, line, key) in [
+            ("[policy]\njitter = 1.5\n", 2, "policy.jitter"),
+            (
+                "[policy]\nbackoff_multiplier = 0.5\n",
+                2,
+                "policy.backoff_multiplier",
+            ),
+            (
+                "[policy]\ninitial_backoff = \"10m\"\n",
+                2,
+                "policy.initial_backoff",
+            ),
+            ("[worker]\ncommand = []\n", 2, "worker.command"),
+            (
+                "[worker]\nenv = { WA_CTL_SESSION_ID = \"x\" }\n",
+                2,
+                "worker.env",
+            ),
+            ("[[session]]\ncommand = [\"\"]\n", 2, "session.command"),
+            ("[[session]]\nenv = { \"A=B\" = \"x\" }\n", 2, "session.env"),
+        ] {
+            let (l, k, _) = check(text).expect_err(text);
+            assert_eq!((l, k), (line, key), "{text}");
+        }
+    }
+
+    #[test]
+    fn session_ids_are_unique() {
+        let (line, key, msg) =
+            check("[[session]]\nid = \"a\"\n[[session]]\nid = \"a\"\n").unwrap_err();
+        assert_eq!((line, key), (4, "session.id"));
+        assert!(msg.contains("twice"), "{msg}");
+        let (line, _, msg) = check("[[session]]\n[[session]]\n").unwrap_err();
+        assert_eq!(line, 1);
+        assert!(msg.contains("default"), "{msg}");
+    }
+
+    #[test]
+    fn sessions_merge_over_worker() {
+        let raw: RawConfig = toml::from_str(
+            "[worker]\nenv = { A = \"1\", B = \"2\" }\n[[session]]\nid = \"x\"\nenv = { B = \"3\" }\n",
+        )
+        .unwrap();
+        let sessions = sessions(raw.worker, raw.session).unwrap();
+        assert_eq!(sessions[0].command, vec!["wa-worker"]);
+        assert_eq!(sessions[0].env["A"], "1");
+        assert_eq!(sessions[0].env["B"], "3");
+    }
+}

@@ -1,0 +1,112 @@
+//! The commands, one module each. Each loads the configuration, does its
+//! work through `wa-ctl-core`, prints for a human (or JSON), and returns an
+//! exit code. This module dispatches, and holds what several commands share.
+
+mod check;
+mod completions;
+mod login;
+mod logs;
+mod restart;
+mod start;
+mod status;
+mod stop;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use wa_ctl_core::config::{Config, Environment};
+use wa_ctl_core::control::{self, Request};
+use wa_ctl_core::lock::{Probe, SupervisorLock};
+use wa_ctl_core::process;
+
+use crate::cli::{Cli, Command};
+use crate::exit::{self, UsageError};
+
+/// How long `wa-ctl start` waits for a background supervisor to report.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time a stop may take beyond `stop_timeout` before the CLI gives up.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    // These two describe the command line itself: no configuration needed.
+    match &cli.command {
+        Command::Completions { shell } => return completions::completions(*shell),
+        Command::Man => return completions::man(),
+        _ => {}
+    }
+    let config = Config::load(cli.config.as_deref(), &Environment::from_process())?;
+    match cli.command {
+        Command::Start { id, foreground } => start::start(&config, id, foreground),
+        Command::Stop { id, all } => stop::stop(&config, id, all),
+        Command::Restart { id } => restart::restart(&config, id),
+        Command::Status { id, json } => status::status(&config, id, json),
+        Command::Logs { follow, lines } => logs::logs(&config, follow, lines),
+        Command::Login { id, phone } => login::login(&config, id, phone),
+        Command::Check => check::check(&config),
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+    }
+}
+
+/// Writes to stdout, treating a closed pipe (`wa-ctl status | head`) as done.
+fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn check_session(config: &Config, id: &str) -> anyhow::Result<()> {
+    if config.session(id).is_none() {
+        let known: Vec<&str> = config.sessions.iter().map(|s| s.id.as_str()).collect();
+        return Err(UsageError(format!(
+            "no session `{id}` in the configuration ({}); configured: {}",
+            config.source,
+            known.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn probe(config: &Config) -> anyhow::Result<Probe> {
+    Ok(SupervisorLock::probe(&config.supervisor.runtime_dir)?)
+}
+
+/// Fails early, with the command it looked for, if a worker cannot be found.
+fn check_workers(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
+    let base = config.source.path().and_then(Path::parent);
+    for session in config
+        .sessions
+        .iter()
+        .filter(|s| only.is_none_or(|id| s.id.as_str() == id))
+    {
+        process::resolve_program(&session.command[0], base)
+            .with_context(|| format!("session {}", session.id))?;
+    }
+    Ok(())
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+}
+
+fn stop_timeout(config: &Config) -> Duration {
+    config.supervisor.stop_timeout + STOP_MARGIN
+}
+
+/// Sends a per-session request and prints the answer.
+fn session_request(config: &Config, request: Request, timeout: Duration) -> anyhow::Result<u8> {
+    let response = control::request(&config.supervisor.runtime_dir, &request, timeout)?;
+    if response.ok {
+        out(&format!("{}\n", response.message))?;
+        Ok(exit::SUCCESS)
+    } else {
+        bail!("{}", response.message)
+    }
+}

@@ -1,0 +1,189 @@
+//! `wa-ctl stop [ID] [--all]`: one session through the running supervisor,
+//! or the whole supervisor, then (with `--all`) the strays.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use wa_ctl_core::config::Config;
+use wa_ctl_core::control::{self, ControlError, Request};
+use wa_ctl_core::lock::{Probe, SupervisorLock};
+use wa_ctl_core::{census, supervisor};
+
+use super::{check_session, out, pid_text, probe, session_request, stop_timeout};
+use crate::exit;
+
+pub(super) fn stop(config: &Config, id: Option<String>, all: bool) -> anyhow::Result<u8> {
+    let code = stop_supervisor(config, id)?;
+    if all {
+        end_strays(config)?;
+    }
+    Ok(code)
+}
+
+/// `stop --all`: after the supervisor, the strays.
+fn end_strays(config: &Config) -> anyhow::Result<()> {
+    let census = census::take(config, &census::Owned::default());
+    let ended = census::end_strays(&census.strays, config.supervisor.stop_timeout)?;
+    for stray in &ended {
+        out(&format!(
+            "ended stray process {} ({})\n",
+            stray.pid, stray.cmdline
+        ))?;
+    }
+    for stray in census.strays.iter().filter(|s| !s.same_user) {
+        eprintln!(
+            "wa-ctl: warning: stray process {} ({}) belongs to another user: not signalled",
+            stray.pid, stray.cmdline
+        );
+    }
+    Ok(())
+}
+
+/// How long a stop waits for a supervisor that holds its lock to open its
+/// control socket (it does so moments after taking the lock).
+const SOCKET_GRACE: Duration = Duration::from_secs(3);
+
+/// Sends `Shutdown`. A supervisor that has just taken its lock may not
+/// listen yet: while it holds the lock, wait for its socket rather than
+/// signal it.
+fn shutdown_request(config: &Config) -> anyhow::Result<Result<control::Response, ControlError>> {
+    let runtime_dir = &config.supervisor.runtime_dir;
+    let deadline = Instant::now() + SOCKET_GRACE;
+    // Watch before the first attempt, so that a socket that appears between
+    // a refused connection and the wait still wakes it.
+    let watch = RuntimeDirWatch::new(runtime_dir);
+    loop {
+        let result = control::request(runtime_dir, &Request::Shutdown, stop_timeout(config));
+        let waiting = matches!(result, Err(ControlError::Connect { .. }))
+            && matches!(probe(config)?, Probe::Running { .. });
+        let woken = match &watch {
+            Some(watch) if waiting => watch.wait_until(deadline)?,
+            _ => false,
+        };
+        if !woken {
+            return Ok(result);
+        }
+    }
+}
+
+/// Changes in `runtime_dir` that can mean the supervisor's state moved on:
+/// it binds its socket (`IN_CREATE`, or `IN_MOVED_TO` for a socket bound
+/// elsewhere and renamed), sets the socket's mode once it listens
+/// (`IN_ATTRIB`; a connection between bind and listen is refused), writes
+/// its status file, or dies and so closes its lock file (`IN_CLOSE_WRITE`).
+/// Each wake-up is only a cue to try again.
+struct RuntimeDirWatch(Inotify);
+
+impl RuntimeDirWatch {
+    /// `None` when the directory cannot be watched (it is gone, or inotify
+    /// is out of instances): the caller then does not wait, and treats a
+    /// supervisor without a socket as stuck.
+    fn new(runtime_dir: &Path) -> Option<Self> {
+        let events = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_CLOSE_WRITE;
+        let watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .and_then(|inotify| inotify.add_watch(runtime_dir, events).map(|_| inotify));
+        match watch {
+            Ok(inotify) => Some(RuntimeDirWatch(inotify)),
+            Err(e) => {
+                tracing::debug!("cannot watch {}: {e}", runtime_dir.display());
+                None
+            }
+        }
+    }
+
+    /// Waits for the next change, up to `deadline`. Returns whether one came.
+    fn wait_until(&self, deadline: Instant) -> anyhow::Result<bool> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(false);
+        }
+        let timeout = PollTimeout::try_from(remaining).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => Ok(false),
+            Ok(_) => {
+                // Drain the queue, so that the next wait sleeps until a new change.
+                match self.0.read_events() {
+                    Ok(_) | Err(Errno::EAGAIN) => Ok(true),
+                    Err(e) => Err(e).context("reading inotify events"),
+                }
+            }
+            Err(Errno::EINTR) => Ok(true),
+            Err(e) => Err(e).context("waiting for the control socket"),
+        }
+    }
+}
+
+fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
+    if let Some(id) = &id {
+        check_session(config, id)?;
+    }
+    let pid = match probe(config)? {
+        Probe::NotRunning => {
+            // Nothing runs, but a supervisor killed with SIGKILL may have
+            // left workers (or their children) behind: end them.
+            let ended = supervisor::end_orphans(config)?;
+            for leftover in &ended {
+                out(&format!(
+                    "ended leftover process {} ({})\n",
+                    leftover.pid, leftover.cmdline
+                ))?;
+            }
+            out("not running\n")?;
+            return Ok(exit::SUCCESS);
+        }
+        Probe::Running { pid } => pid,
+    };
+    if let Some(id) = id {
+        return session_request(config, Request::Stop { session: id }, stop_timeout(config));
+    }
+    let runtime_dir = &config.supervisor.runtime_dir;
+    match shutdown_request(config)? {
+        Ok(response) if !response.ok => bail!("{}", response.message),
+        // No answer, or the connection reset: the supervisor died while we
+        // asked. The lock tells when it is gone.
+        Ok(_) | Err(ControlError::NoAnswer) => {}
+        Err(ControlError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        // The lock is held but the socket never appeared: the supervisor is
+        // stuck in its first moments. Its pid, written under the lock it
+        // holds now, is safe to signal.
+        Err(ControlError::Connect { .. }) => {
+            if let Probe::Running { pid: Some(pid) } = probe(config)? {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if !SupervisorLock::wait_released(runtime_dir, stop_timeout(config))? {
+        bail!(
+            "the supervisor (pid {}) did not exit within {}s",
+            pid_text(pid),
+            stop_timeout(config).as_secs()
+        );
+    }
+    // A supervisor that was killed rather than stopped may have left
+    // processes behind: end them now that the lock is free.
+    for leftover in supervisor::end_orphans(config)? {
+        out(&format!(
+            "ended leftover process {} ({})\n",
+            leftover.pid, leftover.cmdline
+        ))?;
+    }
+    out(&format!("stopped (pid {})\n", pid_text(pid)))?;
+    Ok(exit::SUCCESS)
+}
