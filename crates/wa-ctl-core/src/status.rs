@@ -38,6 +38,10 @@ pub struct StatusRecord {
     /// When the supervisor made this record.
     #[serde(default)]
     pub made_at_ms: u64,
+    /// The supervisor's CPU time so far (user and system, all threads), in
+    /// microseconds: what the benchmarks divide by the restarts.
+    #[serde(default)]
+    pub cpu_us: u64,
     /// The supervisor logs to the journal (it runs under systemd).
     #[serde(default)]
     pub journal: bool,
@@ -298,6 +302,7 @@ mod tests {
             pid,
             started_at_ms: 1_000,
             made_at_ms: 9_000,
+            cpu_us: 0,
             journal: false,
             sessions: vec![SessionRecord {
                 id: "a".into(),

@@ -61,6 +61,19 @@ const SUMMARY_DETAIL: usize = 4;
 /// The number of [`Phase`] kinds, for the per-phase counts.
 const PHASES: usize = 5;
 
+/// This process's CPU time, user and system, in microseconds.
+fn own_cpu_us() -> u64 {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let us = |t: nix::sys::time::TimeVal| {
+                (t.tv_sec() as u64).saturating_mul(1_000_000) + t.tv_usec() as u64
+            };
+            us(usage.user_time()) + us(usage.system_time())
+        }
+        Err(_) => 0,
+    }
+}
+
 fn phase_index(phase: &Phase) -> usize {
     match phase {
         Phase::Idle => 0,
@@ -840,6 +853,7 @@ impl EventLoop {
             pid: std::process::id(),
             started_at_ms: unix_ms(self.started_at),
             made_at_ms: unix_ms(now_sys),
+            cpu_us: own_cpu_us(),
             journal: self.journal,
             sessions,
         }
