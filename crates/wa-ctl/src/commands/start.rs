@@ -42,6 +42,15 @@ pub(super) fn start(config: &Config, id: Option<String>, foreground: bool) -> an
     start_background(config, id)
 }
 
+/// How long a background supervisor may take to report ready: it does so
+/// once every session has a worker (or failed to get one), which takes the
+/// grace of any leftover it must end first, and longer with many sessions.
+fn ready_timeout(config: &Config) -> std::time::Duration {
+    START_TIMEOUT
+        + config.supervisor.stop_timeout
+        + std::time::Duration::from_millis(5) * config.sessions.len() as u32
+}
+
 /// A supervisor runs already: say so, or start the one session asked for.
 fn already_running(config: &Config, pid: Option<u32>, id: Option<String>) -> anyhow::Result<u8> {
     match id {
@@ -85,7 +94,8 @@ pub(super) fn start_background(config: &Config, id: Option<String>) -> anyhow::R
         let _ = BufReader::new(File::from(ready)).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+    let timeout = ready_timeout(config);
+    let line = rx.recv_timeout(timeout).unwrap_or_default();
     let line = line.trim_end();
     let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
     match word {
@@ -100,7 +110,7 @@ pub(super) fn start_background(config: &Config, id: Option<String>) -> anyhow::R
                 Ok(Some(status)) => format!("the supervisor exited during start-up ({status})"),
                 _ => format!(
                     "the supervisor did not report ready within {}s",
-                    START_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 ),
             };
             bail!("{how}; see {}", log_path.display())
