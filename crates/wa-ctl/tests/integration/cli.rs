@@ -128,20 +128,30 @@ fn check_prints_effective_config_and_policy() {
     assert!(out.contains("[[session]]"), "{out}");
 }
 
+/// The one `worker exited` line carries the session, the close code, the
+/// action and the new state as `key=value` fields (issue #2, section 6). It
+/// once matched `a && b && c && d || e`, which any `action=stop` anywhere in
+/// the log satisfied (issue #8, section 6).
 #[test]
 fn logs_show_lifecycle_lines() {
     let env = TestEnv::with_worker(&["close=440", "exit=0"], "");
     env.ok(&["start"]);
     env.wait_state("default", "stopped");
     let out = env.ok(&["logs", "-n", "100"]);
-    assert!(
-        out.contains("worker exited")
-            && out.contains("session=default")
-            && out.contains("code=440")
-            && out.contains("action=\"stop\"")
-            || out.contains("action=stop"),
-        "{out}"
-    );
+    let exited: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("worker exited"))
+        .collect();
+    assert_eq!(exited.len(), 1, "one worker exited line: {out}");
+    let fields: Vec<&str> = exited[0].split_whitespace().collect();
+    for field in [
+        "session=default",
+        "code=440",
+        "action=stop",
+        "state=stopped",
+    ] {
+        assert!(fields.contains(&field), "{field} missing: {}", exited[0]);
+    }
     let last = env.ok(&["logs", "-n", "1"]);
     assert_eq!(last.lines().count(), 1, "{last}");
 }
