@@ -19,7 +19,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use harness::{
-    DEADLINE, TestEnv, alive, command, run_with_deadline, stderr, wa_ctl_bin, wait_until,
+    DEADLINE, TestEnv, alive, command, run_with_deadline, skip, stderr, wa_ctl_bin, wait_until,
 };
 
 const CREDS: &str = "creds.json";
@@ -353,19 +353,18 @@ fn worker_command_is_never_run_through_a_shell() {
     assert!(!marker.exists(), "an argument was interpreted by a shell");
 }
 
-/// Runs `f` with a tmpfs mounted at `dir`, or prints why it cannot.
+/// Runs `f` with a tmpfs mounted at `dir`, or skips (mounting needs root,
+/// which CI has).
 fn with_tmpfs(dir: &Path, options: &str, f: impl FnOnce()) {
     std::fs::create_dir_all(dir).unwrap();
     let mut mount = command(Path::new("mount"));
     mount.args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(dir);
     let out = run_with_deadline(mount, Duration::from_secs(10));
     if !out.status.success() {
-        println!(
-            "SKIPPED: cannot mount a tmpfs here ({}): {}",
-            options,
+        return skip(&format!(
+            "cannot mount a tmpfs here ({options}): {}",
             stderr(&out).trim()
-        );
-        return;
+        ));
     }
     let guard = Unmount(dir.to_path_buf());
     f();
@@ -438,14 +437,12 @@ fn read_only_runtime_dir_ends_in_a_clear_error() {
 fn control_socket_refuses_other_users() {
     use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: needs root to connect as another user");
-        return;
+        return skip("needs root to connect as another user");
     }
     // The system's python: the other user must be able to run it.
     let python = std::path::PathBuf::from("/usr/bin/python3");
     if !python.exists() {
-        println!("SKIPPED: /usr/bin/python3 is not installed to act as the other user's client");
-        return;
+        return skip("/usr/bin/python3 is not installed to act as the other user's client");
     }
     let env = TestEnv::with_worker(&["connect"], "");
     env.ok(&["start"]);
