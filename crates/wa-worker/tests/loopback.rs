@@ -101,16 +101,23 @@ fn server_that_accepts_and_closes_reports_408() {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
+    // The server reports each step on a channel, so that the test waits for
+    // it with a deadline: a worker that never connects leaves the thread
+    // blocked in accept, not the test.
+    let (accepted_tx, accepted) = mpsc::channel();
+    std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
         drop(conn);
+        let _ = accepted_tx.send(());
     });
     let child = worker(dir.path())
         .env("WA_WORKER_URL", format!("ws://{addr}/ws/chat"))
         .spawn()
         .unwrap();
     let (status, out, err) = wait(child);
-    server.join().unwrap();
+    accepted
+        .recv_timeout(DEADLINE)
+        .expect("the worker never connected");
     assert!(status.success(), "{err}");
     assert_one_recoverable_close(&out, &err);
 }
@@ -200,12 +207,16 @@ fn sigterm_closes_the_socket_and_exits_0_within_2s() {
 #[test]
 fn refuses_to_run_outside_wa_ctl() {
     #[expect(clippy::disallowed_methods, reason = "tests run the real binary")]
-    let out = Command::new(env!("CARGO_BIN_EXE_wa-worker"))
+    let child = Command::new(env!("CARGO_BIN_EXE_wa-worker"))
         .env_remove("WA_CTL_SESSION_DIR")
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // With a deadline, like every other run of the worker here.
+    let (status, _, err) = wait(child);
+    assert_eq!(status.code(), Some(2));
     assert!(
         err.contains("run by wa-ctl") && err.contains("--session-dir"),
         "{err}"

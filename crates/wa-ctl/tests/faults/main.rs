@@ -13,13 +13,14 @@ mod harness;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use harness::{
-    DEADLINE, TestEnv, alive, command, run_with_deadline, skip, stderr, wa_ctl_bin, wait_until,
+    ChildGuard, DEADLINE, TestEnv, alive, command, run_with_deadline, skip, stderr, wa_ctl_bin,
+    wait_until,
 };
 
 const CREDS: &str = "creds.json";
@@ -132,18 +133,11 @@ fn sigkill_of_the_supervisor_during_a_stop() {
         .arg("stop")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut stopper = stopper.spawn().unwrap();
+    let mut stopper = ChildGuard::spawn(&mut stopper);
     env.wait_state("default", "stopping");
     signal(supervisor, Signal::SIGKILL);
     // The stop in progress returns: its supervisor is gone.
-    let start = Instant::now();
-    while stopper.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "stop hung after its supervisor died"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    stopper.wait("the stop to return after its supervisor died", DEADLINE);
     assert_recovers(&env, true);
 }
 

@@ -1,6 +1,6 @@
 //! The CLI contract (issue #2, section 6): exit codes, errors, status shape.
 
-use crate::harness::{TestEnv, command, run_with_deadline, stderr, wa_ctl_bin};
+use crate::harness::{ChildGuard, TestEnv, command, run_with_deadline, stderr, wa_ctl_bin};
 
 #[test]
 fn status_exit_codes_and_json_shape() {
@@ -168,8 +168,9 @@ fn logs_follow_prints_new_lines() {
         .args(["logs", "-f", "-n", "100000"]);
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
-    let mut follower = cmd.spawn().unwrap();
-    let stdout = follower.stdout.take().unwrap();
+    // Killed when the guard goes: `logs -f` never ends by itself.
+    let mut follower = ChildGuard::spawn(&mut cmd);
+    let stdout = follower.child().stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -203,8 +204,7 @@ fn logs_follow_prints_new_lines() {
             break;
         }
     }
-    let _ = follower.kill();
-    let _ = follower.wait();
+    drop(follower);
     assert!(found, "logs -f did not print the new line");
 }
 

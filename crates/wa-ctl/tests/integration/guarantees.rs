@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::harness::{
-    DEADLINE, TestEnv, alive, command, run_with_deadline, wa_ctl_bin, wait_until,
+    ChildGuard, DEADLINE, TestEnv, alive, command, run_with_deadline, wa_ctl_bin, wait_until,
 };
 
 fn two_sessions(env: &TestEnv) -> String {
@@ -217,11 +217,9 @@ fn two_supervisors_sharing_a_state_dir_run_one_worker() {
 #[test]
 fn stale_lock_file_with_a_live_foreign_pid_is_ignored_and_never_signalled() {
     let env = TestEnv::with_worker(&["connect"], "");
-    // An unrelated live process, named in a leftover pid file.
-    let mut bystander = command(std::path::Path::new("sleep"))
-        .arg("300")
-        .spawn()
-        .unwrap();
+    // An unrelated live process, named in a leftover pid file. The guard
+    // kills it at the end, or when the test fails halfway.
+    let bystander = ChildGuard::spawn(command(std::path::Path::new("sleep")).arg("300"));
     std::fs::create_dir_all(env.runtime_dir()).unwrap();
     std::fs::set_permissions(
         env.runtime_dir(),
@@ -243,8 +241,6 @@ fn stale_lock_file_with_a_live_foreign_pid_is_ignored_and_never_signalled() {
     env.wait_state("default", "connected");
     env.ok(&["stop"]);
     assert!(alive(bystander.id()), "the bystander was never signalled");
-    bystander.kill().unwrap();
-    bystander.wait().unwrap();
 }
 
 #[test]
