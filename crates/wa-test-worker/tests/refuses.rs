@@ -64,6 +64,7 @@ fn run(mut cmd: Command) -> Output {
     }
 }
 
+/// The test worker refuses to run without the supervisor's environment.
 #[test]
 fn refuses_without_the_supervisor_environment() {
     let mut cmd = worker();

@@ -78,6 +78,7 @@ fn assert_one_recoverable_close(stdout: &str, stderr: &str) {
     );
 }
 
+/// A closed port ends in one recoverable close, 408 (issue #3).
 #[test]
 fn closed_port_reports_408() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,6 +97,7 @@ fn closed_port_reports_408() {
     assert_one_recoverable_close(&out, &err);
 }
 
+/// A server that accepts and closes at once ends in one 408 (issue #3).
 #[test]
 fn server_that_accepts_and_closes_reports_408() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,6 +157,8 @@ fn websocket_server(close_at_once: bool) -> (String, mpsc::Receiver<()>, mpsc::R
     (format!("ws://{addr}/ws/chat"), handshake_rx, rx)
 }
 
+/// A WebSocket closed after its handshake ends in one 408, with the socket
+/// closed (issue #3).
 #[test]
 fn websocket_that_closes_after_the_handshake_reports_408() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +173,8 @@ fn websocket_that_closes_after_the_handshake_reports_408() {
     );
 }
 
+/// SIGTERM closes the socket and exits 0 within 2 s, with no close report
+/// (issue #3).
 #[test]
 fn sigterm_closes_the_socket_and_exits_0_within_2s() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,6 +210,7 @@ fn sigterm_closes_the_socket_and_exits_0_within_2s() {
     );
 }
 
+/// The worker refuses to run outside wa-ctl (issue #3).
 #[test]
 fn refuses_to_run_outside_wa_ctl() {
     #[expect(clippy::disallowed_methods, reason = "tests run the real binary")]
@@ -223,6 +230,7 @@ fn refuses_to_run_outside_wa_ctl() {
     );
 }
 
+/// The session store is private: 0700 directory, 0600 files (issue #3).
 #[test]
 fn store_is_private() {
     let dir = tempfile::tempdir().unwrap();

@@ -108,6 +108,8 @@ fn write_creds() -> String {
     format!("@1:write-file={CREDS}:{SECRET}")
 }
 
+/// A supervisor killed while its worker starts leaves no worker, and a new
+/// start recovers with the credentials intact (issue #5).
 #[test]
 fn sigkill_of_the_supervisor_while_starting() {
     let creds = write_creds();
@@ -119,6 +121,8 @@ fn sigkill_of_the_supervisor_while_starting() {
     assert_recovers(&env, true, "starting");
 }
 
+/// A supervisor killed while its worker is connected leaves no worker, and a
+/// new start recovers with the credentials intact (issue #5).
 #[test]
 fn sigkill_of_the_supervisor_while_connected() {
     let creds = write_creds();
@@ -129,6 +133,8 @@ fn sigkill_of_the_supervisor_while_connected() {
     assert_recovers(&env, true, "connected");
 }
 
+/// A supervisor killed during a backoff leaves no worker, and a new start
+/// recovers with the credentials intact (issue #5).
 #[test]
 fn sigkill_of_the_supervisor_during_backoff() {
     let creds = write_creds();
@@ -142,6 +148,8 @@ fn sigkill_of_the_supervisor_during_backoff() {
     assert_recovers(&env, true, "connected");
 }
 
+/// A supervisor killed during a stop: the `stop` in progress returns, and a
+/// new start recovers with the credentials intact (issue #5).
 #[test]
 fn sigkill_of_the_supervisor_during_a_stop() {
     let creds = write_creds();
@@ -168,6 +176,8 @@ fn sigkill_of_the_supervisor_during_a_stop() {
     assert_recovers(&env, true, "connected");
 }
 
+/// A supervisor killed around a logout's quarantine leaves the credentials
+/// live or quarantined, exactly once and whole (issue #5).
 #[test]
 fn sigkill_of_the_supervisor_around_a_logout_quarantine() {
     // The rename is one system call: killed before it, the credentials are
@@ -193,6 +203,8 @@ fn sigkill_of_the_supervisor_around_a_logout_quarantine() {
     }
 }
 
+/// A worker killed by SIGKILL is a crash: one restart, one new worker
+/// (issue #5).
 #[test]
 fn sigkill_of_a_worker_reconnects() {
     let env = TestEnv::with_worker(&["connect"], "[policy]\ninitial_backoff = \"50ms\"\n");
@@ -210,6 +222,7 @@ fn sigkill_of_a_worker_reconnects() {
     assert_eq!(env.worker_processes().len(), 1);
 }
 
+/// A stopped (SIGSTOP) worker does not hold up `stop` (issue #5).
 #[test]
 fn sigstop_of_a_worker_still_stops() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -223,6 +236,8 @@ fn sigstop_of_a_worker_still_stops() {
     assert!(env.worker_processes().is_empty() && env.supervisors().is_empty());
 }
 
+/// What a worker double-forked out of its process group ends with that
+/// worker, before a restart and at a stop (issue #5).
 #[test]
 fn double_forked_grandchild_is_ended_with_its_worker() {
     let env = TestEnv::with_worker(
@@ -254,6 +269,8 @@ fn double_forked_grandchild_is_ended_with_its_worker() {
     assert!(env.worker_processes().is_empty());
 }
 
+/// What a worker double-forked is ended by `stop` even after its supervisor
+/// was killed (issue #5).
 #[test]
 fn double_forked_grandchild_after_a_supervisor_sigkill_is_ended_by_stop() {
     let env = TestEnv::with_worker(&["daemon", "connect"], "");
@@ -267,6 +284,8 @@ fn double_forked_grandchild_after_a_supervisor_sigkill_is_ended_by_stop() {
     assert!(!alive(grandchild));
 }
 
+/// A `start` racing a `stop` ends in one whole outcome, never a half-state
+/// (issue #5).
 #[test]
 fn start_racing_stop() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -298,6 +317,8 @@ fn start_racing_stop() {
     }
 }
 
+/// A 10 MB line and a million events keep the supervisor's peak memory
+/// bounded (issue #5).
 #[test]
 fn garbage_on_the_events_fd_keeps_memory_bounded() {
     let env = TestEnv::with_worker(
@@ -329,6 +350,8 @@ fn garbage_on_the_events_fd_keeps_memory_bounded() {
     assert_eq!(env.status().0, 0);
 }
 
+/// A corrupt `status.json` under a running supervisor is survived and
+/// rewritten (issue #5).
 #[test]
 fn corrupt_status_file_while_running_is_survived() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -343,6 +366,8 @@ fn corrupt_status_file_while_running_is_survived() {
     env.wait_state("default", "connected");
 }
 
+/// A `runtime_dir` that others can write is refused with a fix to run
+/// (issue #5).
 #[test]
 fn world_writable_runtime_dir_is_refused() {
     use std::os::unix::fs::PermissionsExt;
@@ -359,6 +384,7 @@ fn world_writable_runtime_dir_is_refused() {
     assert!(env.supervisors().is_empty());
 }
 
+/// The worker command's arguments never pass through a shell (issue #5).
 #[test]
 fn worker_command_is_never_run_through_a_shell() {
     let env = TestEnv::new("");
@@ -452,6 +478,8 @@ fn full_state_dir_ends_in_a_clear_error_without_a_crash_loop() {
     });
 }
 
+/// A read-only `runtime_dir` ends `start` with one clear line and exit 1
+/// (issue #5).
 #[test]
 fn read_only_runtime_dir_ends_in_a_clear_error() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -466,6 +494,8 @@ fn read_only_runtime_dir_ends_in_a_clear_error() {
     });
 }
 
+/// The control socket refuses another user by its peer credentials, even
+/// with the directories opened (issue #5).
 #[test]
 fn control_socket_refuses_other_users() {
     use std::os::unix::fs::PermissionsExt;

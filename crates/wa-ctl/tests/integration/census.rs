@@ -28,6 +28,8 @@ fn steps(env: &TestEnv) -> Vec<String> {
     ]
 }
 
+/// The census in `status` counts the supervisor and the workers as the
+/// process table does (issue #4, section 2).
 #[test]
 fn census_counts_supervisor_and_workers() {
     let env = TestEnv::with_worker(

@@ -2,6 +2,8 @@
 
 use crate::harness::{ChildGuard, TestEnv, command, run_with_deadline, stderr, wa_ctl_bin};
 
+/// `status` exits 3 when not running and 0 when running, with every field
+/// of the JSON shape (issue #2, section 6).
 #[test]
 fn status_exit_codes_and_json_shape() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -40,6 +42,8 @@ fn status_exit_codes_and_json_shape() {
     assert_eq!(env.status().0, 3);
 }
 
+/// A bad configuration is one line naming the file, the line and the key,
+/// with exit 2 (issue #2, section 6).
 #[test]
 fn bad_config_names_file_line_and_key() {
     let env = TestEnv::new("[policy]\ninitial_backof = \"1s\"\n");
@@ -58,6 +62,8 @@ fn bad_config_names_file_line_and_key() {
     assert!(stderr(&out).contains("max_backoff"), "{}", stderr(&out));
 }
 
+/// An invalid or unknown session id is a usage error, exit 2 (issue #2,
+/// section 6).
 #[test]
 fn bad_session_id_is_a_usage_error() {
     let env = TestEnv::new("[[session]]\nid = \"../escape\"\n");
@@ -77,6 +83,7 @@ fn bad_session_id_is_a_usage_error() {
     }
 }
 
+/// A missing configuration file is named, with exit 2 (issue #2, section 6).
 #[test]
 fn missing_config_file_is_an_error() {
     let mut cmd = command(&wa_ctl_bin());
@@ -86,6 +93,8 @@ fn missing_config_file_is_an_error() {
     assert!(stderr(&out).contains("/nonexistent/wa-ctl.toml"));
 }
 
+/// A worker program not on PATH ends `start` with a clear error and exit 1
+/// (issue #2, section 6).
 #[test]
 fn worker_not_found_is_a_clear_error() {
     let env = TestEnv::new("[worker]\ncommand = [\"no-such-wa-worker\"]\n");
@@ -104,6 +113,8 @@ fn worker_not_found_is_a_clear_error() {
     assert!(env.supervisors().is_empty());
 }
 
+/// A worker inherits the standard streams and its events pipe, nothing else
+/// (issue #2, section 6).
 #[test]
 fn workers_inherit_only_their_events_fd() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -119,6 +130,8 @@ fn workers_inherit_only_their_events_fd() {
     assert_eq!(fds.len(), 4, "{fds:?}");
 }
 
+/// `check` prints the effective configuration and policy (issue #2,
+/// section 6).
 #[test]
 fn check_prints_effective_config_and_policy() {
     let env = TestEnv::with_worker(&["connect"], "[policy.codes]\n408 = \"stop\"\n");
@@ -156,6 +169,8 @@ fn logs_show_lifecycle_lines() {
     assert_eq!(last.lines().count(), 1, "{last}");
 }
 
+/// `logs -f` prints the existing lines, then new ones as they are written
+/// (issue #2, section 6).
 #[test]
 fn logs_follow_prints_new_lines() {
     use std::io::BufRead;
@@ -208,6 +223,8 @@ fn logs_follow_prints_new_lines() {
     assert!(found, "logs -f did not print the new line");
 }
 
+/// `restart` replaces the supervisor and runs one worker again (issue #2,
+/// section 6).
 #[test]
 fn restart_replaces_the_supervisor() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -287,6 +304,8 @@ fn help_snapshots() {
     }
 }
 
+/// `login` draws each new QR code, never prints its payload, and ends when
+/// connected (issue #2, section 6).
 #[test]
 fn login_renders_each_qr_code_until_connected() {
     let env = TestEnv::with_worker(
@@ -329,6 +348,8 @@ fn login_renders_each_qr_code_until_connected() {
     assert!(!log.contains("first-code"), "{log}");
 }
 
+/// `login --phone` shows the pair code and validates the number (issue #2,
+/// section 6).
 #[test]
 fn login_with_phone_uses_the_pair_code_flow() {
     let env = TestEnv::with_worker(&["@1:qr=q", "pair=$PHONE", "sleep=200ms", "connect"], "");
@@ -344,6 +365,8 @@ fn login_with_phone_uses_the_pair_code_flow() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+/// An expired pairing is `logged_out` with no loop of new QR codes, and
+/// `login` pairs again (issue #2, section 6).
 #[test]
 fn pairing_expired_is_logged_out_and_login_pairs_again() {
     let env = TestEnv::with_worker(
@@ -370,6 +393,7 @@ fn pairing_expired_is_logged_out_and_login_pairs_again() {
     assert_eq!(env.spawns().len(), 2);
 }
 
+/// `login` reports an expired pairing with exit 1 (issue #2, section 6).
 #[test]
 fn login_reports_pairing_expiry() {
     let env = TestEnv::with_worker(
@@ -381,6 +405,8 @@ fn login_reports_pairing_expiry() {
     assert!(stderr(&out).contains("pairing expired"), "{}", stderr(&out));
 }
 
+/// Completion scripts for bash, zsh and fish; any other shell is a usage
+/// error (issue #2, section 6).
 #[test]
 fn completions_for_bash_zsh_and_fish() {
     let env = TestEnv::new("");
@@ -393,6 +419,7 @@ fn completions_for_bash_zsh_and_fish() {
     assert_eq!(env.wa_ctl(&["completions", "tcsh"]).status.code(), Some(2));
 }
 
+/// `docs/wa-ctl.1` is the current man page (issue #2, section 6).
 #[test]
 fn man_page_in_docs_is_current() {
     let env = TestEnv::new("");

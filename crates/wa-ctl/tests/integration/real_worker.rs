@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{DEADLINE, TestEnv, wait_until};
 
+/// The real worker against a dead endpoint: restarts climb at the
+/// configured spacing until the breaker trips (issue #3).
 #[test]
 fn restarts_climb_at_the_configured_spacing_until_the_breaker_trips() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
