@@ -37,7 +37,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,7 +47,8 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 const USAGE_EXIT: u8 = 2;
 
 extern "C" fn exit_on_term(_: nix::libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
+    // SAFETY: _exit is async-signal-safe and ends the process without
+    // running any Rust code, so it may interrupt anything.
     unsafe { nix::libc::_exit(0) }
 }
 
@@ -84,9 +85,43 @@ fn emit_line(events: &mut File, line: &[u8]) {
     let _ = events.write_all(&bytes);
 }
 
+/// Says what is wrong and exits 2. The message may be lost, never the exit
+/// status: stderr is the supervisor's log file, which may be on a full disk,
+/// where `eprintln!` would panic and turn the exit status into 101.
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("wa-test-worker: {msg}");
+    let _ = writeln!(std::io::stderr(), "wa-test-worker: {msg}");
     ExitCode::from(USAGE_EXIT)
+}
+
+/// The events file for the descriptor the supervisor named, checked open.
+///
+/// A standard stream (`WA_CTL_EVENTS_FD=2` when a test starts the worker by
+/// hand) is duplicated, never owned: the standard library goes on using it,
+/// and dropping the events file would close it under `eprintln!`. Any other
+/// descriptor was handed to this process for the events alone, so the file
+/// owns it, and the worker holds no descriptor beyond what it inherited.
+fn events_file(fd: RawFd) -> std::io::Result<File> {
+    let owned = if (0..=2).contains(&fd) {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes integers only and touches no
+        // memory of ours; for a number that is not an open descriptor it
+        // fails with EBADF, which makes it the check that `fd` is open.
+        unsafe { nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 3) }
+    } else {
+        // SAFETY: as above, for F_GETFD, which only reads the descriptor's
+        // flags: it succeeds exactly when `fd` is open.
+        match unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } {
+            -1 => -1,
+            _ => fd,
+        }
+    };
+    if owned < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `owned` is open (fcntl just succeeded on it), and nothing else
+    // in this process refers to it: either fcntl just created it as a
+    // duplicate, or it is the events descriptor, which the supervisor passed
+    // for this use alone and which nothing else here opened.
+    Ok(unsafe { File::from_raw_fd(owned) })
 }
 
 fn main() -> ExitCode {
@@ -107,11 +142,17 @@ fn main() -> ExitCode {
             "WA_CTL_SESSION_DIR and WA_CTL_EVENTS_FD must be set: this worker is run by wa-ctl",
         );
     };
-    let Ok(fd) = fd.parse::<i32>() else {
+    let Ok(fd) = fd.parse::<RawFd>() else {
         return fail("WA_CTL_EVENTS_FD is not a number");
     };
-    // SAFETY: the supervisor handed us this descriptor for our sole use.
-    let mut events = unsafe { File::from_raw_fd(fd) };
+    let mut events = match events_file(fd) {
+        Ok(events) => events,
+        Err(e) => {
+            return fail(&format!(
+                "WA_CTL_EVENTS_FD={fd} is not an open descriptor: {e}"
+            ));
+        }
+    };
 
     // Count spawns in the session directory, which survives restarts.
     let counter = PathBuf::from(&session_dir).join(".test-worker-spawns");
@@ -133,7 +174,8 @@ fn main() -> ExitCode {
         ),
     );
 
-    // SAFETY: installing a handler that only calls _exit.
+    // SAFETY: the handler only calls _exit, which is async-signal-safe, so
+    // it is sound whatever code the signal interrupts.
     unsafe { signal(Signal::SIGTERM, SigHandler::Handler(exit_on_term)) }
         .expect("install SIGTERM handler");
 
@@ -206,14 +248,15 @@ fn main() -> ExitCode {
                 let _ = nix::sys::signal::raise(Signal::SIGKILL);
             }
             "ignore-term" => {
-                // SAFETY: SIG_IGN installs no code.
+                // SAFETY: SIG_IGN runs no code of ours when the signal arrives.
                 unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignore SIGTERM");
             }
             "fork" => {
-                // SAFETY: this process is single-threaded.
+                // SAFETY: this process never starts a thread, so no lock can
+                // be held by a thread that the child would not have.
                 match unsafe { nix::unistd::fork() } {
                     Ok(nix::unistd::ForkResult::Child) => {
-                        // SAFETY: SIG_IGN installs no code.
+                        // SAFETY: SIG_IGN runs no code of ours when the signal arrives.
                         let _ = unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) };
                         loop {
                             nix::unistd::pause();
@@ -226,14 +269,16 @@ fn main() -> ExitCode {
                 }
             }
             "daemon" => {
-                // SAFETY: this process is single-threaded.
+                // SAFETY: this process never starts a thread, so no lock can
+                // be held by a thread that the child would not have.
                 match unsafe { nix::unistd::fork() } {
                     Ok(nix::unistd::ForkResult::Child) => {
                         let _ = nix::unistd::setsid();
-                        // SAFETY: still single-threaded.
+                        // SAFETY: the child of a single-threaded process has one
+                        // thread too, so the same holds for its own fork.
                         match unsafe { nix::unistd::fork() } {
                             Ok(nix::unistd::ForkResult::Child) => {
-                                // SAFETY: SIG_IGN installs no code.
+                                // SAFETY: SIG_IGN runs no code of ours when the signal arrives.
                                 let _ = unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) };
                                 loop {
                                     nix::unistd::pause();
@@ -244,10 +289,12 @@ fn main() -> ExitCode {
                             // goes on.
                             Ok(nix::unistd::ForkResult::Parent { child }) => {
                                 append(&log, &format!(r#"{{"grandchild":{child}}}"#));
-                                // SAFETY: _exit skips the parent's atexit work, as a forked child must.
+                                // SAFETY: _exit ends the process without running
+                                // Rust code or the atexit handlers this forked
+                                // copy shares with the worker.
                                 unsafe { nix::libc::_exit(0) }
                             }
-                            // SAFETY: as above.
+                            // SAFETY: as for the _exit just above.
                             Err(_) => unsafe { nix::libc::_exit(1) },
                         }
                     }

@@ -78,6 +78,7 @@ fn assert_one_recoverable_close(stdout: &str, stderr: &str) {
     );
 }
 
+/// A closed port ends in one recoverable close, 408 (issue #3).
 #[test]
 fn closed_port_reports_408() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,21 +97,29 @@ fn closed_port_reports_408() {
     assert_one_recoverable_close(&out, &err);
 }
 
+/// A server that accepts and closes at once ends in one 408 (issue #3).
 #[test]
 fn server_that_accepts_and_closes_reports_408() {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
+    // The server reports each step on a channel, so that the test waits for
+    // it with a deadline: a worker that never connects leaves the thread
+    // blocked in accept, not the test.
+    let (accepted_tx, accepted) = mpsc::channel();
+    std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
         drop(conn);
+        let _ = accepted_tx.send(());
     });
     let child = worker(dir.path())
         .env("WA_WORKER_URL", format!("ws://{addr}/ws/chat"))
         .spawn()
         .unwrap();
     let (status, out, err) = wait(child);
-    server.join().unwrap();
+    accepted
+        .recv_timeout(DEADLINE)
+        .expect("the worker never connected");
     assert!(status.success(), "{err}");
     assert_one_recoverable_close(&out, &err);
 }
@@ -148,6 +157,8 @@ fn websocket_server(close_at_once: bool) -> (String, mpsc::Receiver<()>, mpsc::R
     (format!("ws://{addr}/ws/chat"), handshake_rx, rx)
 }
 
+/// A WebSocket closed after its handshake ends in one 408, with the socket
+/// closed (issue #3).
 #[test]
 fn websocket_that_closes_after_the_handshake_reports_408() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,6 +173,8 @@ fn websocket_that_closes_after_the_handshake_reports_408() {
     );
 }
 
+/// SIGTERM closes the socket and exits 0 within 2 s, with no close report
+/// (issue #3).
 #[test]
 fn sigterm_closes_the_socket_and_exits_0_within_2s() {
     let dir = tempfile::tempdir().unwrap();
@@ -197,21 +210,27 @@ fn sigterm_closes_the_socket_and_exits_0_within_2s() {
     );
 }
 
+/// The worker refuses to run outside wa-ctl (issue #3).
 #[test]
 fn refuses_to_run_outside_wa_ctl() {
     #[expect(clippy::disallowed_methods, reason = "tests run the real binary")]
-    let out = Command::new(env!("CARGO_BIN_EXE_wa-worker"))
+    let child = Command::new(env!("CARGO_BIN_EXE_wa-worker"))
         .env_remove("WA_CTL_SESSION_DIR")
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // With a deadline, like every other run of the worker here.
+    let (status, _, err) = wait(child);
+    assert_eq!(status.code(), Some(2));
     assert!(
         err.contains("run by wa-ctl") && err.contains("--session-dir"),
         "{err}"
     );
 }
 
+/// The session store is private: 0700 directory, 0600 files (issue #3).
 #[test]
 fn store_is_private() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,12 +1,13 @@
 //! The process census and strays (issue #4, section 2).
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 
-use crate::harness::{TestEnv, alive, command, test_worker_bin};
+use crate::harness::{ChildGuard, DEADLINE, TestEnv, alive, command, test_worker_bin};
 
 /// Starts the configured worker command by hand, outside the supervisor,
-/// as an operator would with `node index.js &`.
-fn start_by_hand(env: &TestEnv, args: &[&str]) -> Child {
+/// as an operator would with `node index.js &`. It is killed when the guard
+/// goes, should the test fail before it ends.
+fn start_by_hand(env: &TestEnv, args: &[&str]) -> ChildGuard {
     let dir = env.path().join("by-hand");
     std::fs::create_dir_all(&dir).unwrap();
     let mut cmd = command(&test_worker_bin());
@@ -16,7 +17,7 @@ fn start_by_hand(env: &TestEnv, args: &[&str]) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    cmd.spawn().unwrap()
+    ChildGuard::spawn(&mut cmd)
 }
 
 fn steps(env: &TestEnv) -> Vec<String> {
@@ -27,6 +28,8 @@ fn steps(env: &TestEnv) -> Vec<String> {
     ]
 }
 
+/// The census in `status` counts the supervisor and the workers as the
+/// process table does (issue #4, section 2).
 #[test]
 fn census_counts_supervisor_and_workers() {
     let env = TestEnv::with_worker(
@@ -50,6 +53,8 @@ fn census_counts_supervisor_and_workers() {
     );
 }
 
+/// A worker started by hand is a stray: reported, and ended by `stop --all`
+/// (issue #4, section 2). Waits for it have a deadline (issue #8, section 6).
 #[test]
 fn stray_started_by_hand_is_reported_and_stop_all_ends_it() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -58,7 +63,7 @@ fn stray_started_by_hand_is_reported_and_stop_all_ends_it() {
     let args = steps(&env);
     let mut stray = start_by_hand(&env, &args.iter().map(String::as_str).collect::<Vec<_>>());
     // Same program, other arguments: not an exact match, never touched.
-    let mut bystander = start_by_hand(&env, &["sleep=300s"]);
+    let bystander = start_by_hand(&env, &["sleep=300s"]);
 
     let (_, v) = env.status();
     let strays = v["processes"]["strays"].as_array().unwrap();
@@ -82,16 +87,15 @@ fn stray_started_by_hand_is_reported_and_stop_all_ends_it() {
         out.contains(&format!("ended stray process {}", stray.id())),
         "{out}"
     );
-    stray.wait().unwrap();
+    stray.wait("the stray to end", DEADLINE);
     assert!(env.supervisors().is_empty() && env.worker_processes().is_empty());
     assert!(
         alive(bystander.id()),
         "a process that does not match exactly is never signalled"
     );
-    bystander.kill().unwrap();
-    bystander.wait().unwrap();
 }
 
+/// `stop --all` ends strays with no supervisor running (issue #4, section 2).
 #[test]
 fn stop_all_without_a_supervisor_ends_strays() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -102,9 +106,11 @@ fn stop_all_without_a_supervisor_ends_strays() {
     assert_eq!(v["processes"]["strays"].as_array().unwrap().len(), 1, "{v}");
     let out = env.ok(&["stop", "--all"]);
     assert!(out.contains("ended stray process"), "{out}");
-    stray.wait().unwrap();
+    stray.wait("the stray to end", DEADLINE);
 }
 
+/// A stray that ignores SIGTERM gets SIGKILL after the grace (issue #4,
+/// section 2).
 #[test]
 fn stop_all_escalates_to_sigkill_for_a_stray_that_ignores_sigterm() {
     let env = TestEnv::with_worker(&["ignore-term", "connect"], "");
@@ -113,7 +119,7 @@ fn stop_all_escalates_to_sigkill_for_a_stray_that_ignores_sigterm() {
     let mut stray = start_by_hand(&env, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let started = std::time::Instant::now();
     env.ok(&["stop", "--all"]);
-    let status = stray.wait().unwrap();
+    let status = stray.wait("the stray to end", DEADLINE);
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(1900),
         "the grace was not honoured"

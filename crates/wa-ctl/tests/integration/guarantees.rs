@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::harness::{
-    DEADLINE, TestEnv, alive, command, run_with_deadline, wa_ctl_bin, wait_until,
+    ChildGuard, DEADLINE, TestEnv, alive, command, run_with_deadline, wa_ctl_bin, wait_until,
 };
 
 fn two_sessions(env: &TestEnv) -> String {
@@ -18,6 +18,8 @@ fn two_sessions(env: &TestEnv) -> String {
     )
 }
 
+/// Fifty concurrent starts leave one supervisor and one worker per session
+/// (issue #2, section 5).
 #[test]
 fn fifty_concurrent_starts_leave_one_supervisor() {
     let env = TestEnv::new("");
@@ -64,6 +66,8 @@ fn fifty_concurrent_starts_leave_one_supervisor() {
     assert!(env.worker_processes().is_empty());
 }
 
+/// A second `start` says `already running` with the pid (issue #2,
+/// section 5).
 #[test]
 fn already_running_prints_pid() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -73,6 +77,8 @@ fn already_running_prints_pid() {
     assert_eq!(out.trim(), format!("already running (pid {pid})"));
 }
 
+/// A killed supervisor leaves no worker, and `status` says so (issue #2,
+/// section 5).
 #[test]
 fn sigkill_of_the_supervisor_leaves_no_worker() {
     let env = TestEnv::with_worker(&["ignore-term", "connect"], "");
@@ -94,6 +100,8 @@ fn sigkill_of_the_supervisor_leaves_no_worker() {
     assert_eq!(v["sessions"][0]["worker_pid"], serde_json::Value::Null);
 }
 
+/// The next `start` ends what a killed supervisor's worker forked before it
+/// spawns (issue #2, section 5).
 #[test]
 fn next_start_ends_what_a_killed_supervisor_left() {
     let env = TestEnv::with_worker(&["@1:fork", "connect"], "");
@@ -117,6 +125,8 @@ fn next_start_ends_what_a_killed_supervisor_left() {
     assert_eq!(env.worker_processes().len(), 1);
 }
 
+/// `stop` with no supervisor ends the leftovers of a killed one (issue #2,
+/// section 5).
 #[test]
 fn stop_without_supervisor_ends_leftovers() {
     let env = TestEnv::with_worker(&["fork", "connect"], "");
@@ -132,6 +142,8 @@ fn stop_without_supervisor_ends_leftovers() {
     assert!(env.worker_processes().is_empty());
 }
 
+/// A worker that ignores SIGTERM is killed after the grace (issue #2,
+/// section 5).
 #[test]
 fn worker_that_ignores_sigterm_is_killed_after_the_grace() {
     let env = TestEnv::with_worker(&["ignore-term", "connect"], "");
@@ -144,6 +156,7 @@ fn worker_that_ignores_sigterm_is_killed_after_the_grace() {
     assert!(env.supervisors().is_empty());
 }
 
+/// A worker's grandchildren do not survive a stop (issue #2, section 5).
 #[test]
 fn grandchildren_do_not_survive_a_stop() {
     let env = TestEnv::with_worker(&["fork", "fork", "connect"], "");
@@ -160,6 +173,8 @@ fn grandchildren_do_not_survive_a_stop() {
     assert!(env.worker_processes().is_empty());
 }
 
+/// A worker's grandchildren end with it, before its restart (issue #2,
+/// section 5).
 #[test]
 fn grandchildren_end_with_their_worker_before_a_restart() {
     let env = TestEnv::with_worker(&["@1:fork", "@1:close=515", "@1:exit=0", "@2+:connect"], "");
@@ -173,6 +188,7 @@ fn grandchildren_end_with_their_worker_before_a_restart() {
     assert_eq!(env.worker_processes().len(), 1);
 }
 
+/// Each worker leads a process group of its own (issue #2, section 5).
 #[test]
 fn workers_run_in_their_own_process_group() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -188,6 +204,8 @@ fn workers_run_in_their_own_process_group() {
     );
 }
 
+/// Two supervisors sharing a `state_dir` run one worker per session
+/// (issue #2, section 5).
 #[test]
 fn two_supervisors_sharing_a_state_dir_run_one_worker() {
     let env = TestEnv::with_worker(&["connect"], "");
@@ -220,14 +238,14 @@ fn two_supervisors_sharing_a_state_dir_run_one_worker() {
     assert_eq!(env.worker_processes().len(), 1);
 }
 
+/// A stale lock file naming a live, unrelated pid is ignored, and that
+/// process is never signalled (issue #2, section 5).
 #[test]
 fn stale_lock_file_with_a_live_foreign_pid_is_ignored_and_never_signalled() {
     let env = TestEnv::with_worker(&["connect"], "");
-    // An unrelated live process, named in a leftover pid file.
-    let mut bystander = command(std::path::Path::new("sleep"))
-        .arg("300")
-        .spawn()
-        .unwrap();
+    // An unrelated live process, named in a leftover pid file. The guard
+    // kills it at the end, or when the test fails halfway.
+    let bystander = ChildGuard::spawn(command(std::path::Path::new("sleep")).arg("300"));
     std::fs::create_dir_all(env.runtime_dir()).unwrap();
     std::fs::set_permissions(
         env.runtime_dir(),
@@ -249,10 +267,10 @@ fn stale_lock_file_with_a_live_foreign_pid_is_ignored_and_never_signalled() {
     env.wait_state("default", "connected");
     env.ok(&["stop"]);
     assert!(alive(bystander.id()), "the bystander was never signalled");
-    bystander.kill().unwrap();
-    bystander.wait().unwrap();
 }
 
+/// Stopping, starting and restarting one session leaves the others alone
+/// (issue #2, section 5).
 #[test]
 fn per_session_stop_and_start() {
     let env = TestEnv::new("");
@@ -292,6 +310,8 @@ fn per_session_stop_and_start() {
     assert_eq!(env.worker_processes().len(), 2);
 }
 
+/// The runtime, state and session directories are 0700 and `status.json`
+/// is 0600 (issue #2, section 5).
 #[test]
 fn runtime_and_state_dirs_are_private() {
     use std::os::unix::fs::PermissionsExt;

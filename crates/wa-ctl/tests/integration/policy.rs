@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::harness::{DEADLINE, TestEnv, wait_until};
 
+/// A 440 conflict stops the session, never retried, and keeps the
+/// credentials (issue #2, section 3).
 #[test]
 fn conflict_440_stops_and_keeps_credentials() {
     let env = TestEnv::with_worker(
@@ -31,6 +33,8 @@ fn conflict_440_stops_and_keeps_credentials() {
     assert_eq!(env.status().0, 0);
 }
 
+/// A 401 logout moves the credentials to quarantine, never deleting them
+/// (issue #2, section 3).
 #[test]
 fn logout_401_quarantines_credentials() {
     let env = TestEnv::with_worker(
@@ -71,6 +75,8 @@ fn logout_401_quarantines_credentials() {
     assert_eq!(env.spawns().len(), 1);
 }
 
+/// A 408 reconnects with a backoff that grows by the multiplier (issue #2,
+/// section 3).
 #[test]
 fn reconnect_408_backs_off_with_growing_spacing() {
     let env = TestEnv::with_worker(
@@ -99,6 +105,7 @@ fn reconnect_408_backs_off_with_growing_spacing() {
     }
 }
 
+/// A 515 restarts at once, without the backoff (issue #2, section 3).
 #[test]
 fn restart_515_is_immediate() {
     let env = TestEnv::with_worker(
@@ -118,6 +125,8 @@ fn restart_515_is_immediate() {
     );
 }
 
+/// A crash loop fails the session after `max_restarts`, and an operator
+/// start begins again (issue #2, section 3).
 #[test]
 fn crash_loop_breaker_fails_after_max_restarts() {
     let env = TestEnv::with_worker(
@@ -136,6 +145,8 @@ fn crash_loop_breaker_fails_after_max_restarts() {
     });
 }
 
+/// An exit 0 without a close code stops; a nonzero exit is a crash that
+/// reconnects (issue #2, section 3).
 #[test]
 fn exit_without_code_stops_and_nonzero_reconnects() {
     let env = TestEnv::with_worker(
@@ -151,6 +162,8 @@ fn exit_without_code_stops_and_nonzero_reconnects() {
     assert_eq!(s["last_action"], "reconnect");
 }
 
+/// A session waiting on a QR code is `pairing`, and `status` never prints
+/// the payload (issue #2, section 3).
 #[test]
 fn pairing_state_while_a_qr_code_waits() {
     let env = TestEnv::with_worker(&["qr=2@secret-payload"], "");
@@ -163,6 +176,8 @@ fn pairing_state_while_a_qr_code_waits() {
     );
 }
 
+/// Garbage on the events fd is logged and skipped; the supervisor stays up
+/// (issue #2, section 3).
 #[test]
 fn garbage_on_the_events_fd_is_ignored() {
     let env = TestEnv::with_worker(
@@ -186,6 +201,7 @@ fn garbage_on_the_events_fd_is_ignored() {
     assert!(log.contains("ignoring a line from the worker"), "{log}");
 }
 
+/// SIGKILL comes no earlier than `stop_timeout` (issue #2, section 3).
 #[test]
 fn stop_timeout_is_respected_before_sigkill() {
     let env = TestEnv::with_worker(&["ignore-term", "connect"], "");

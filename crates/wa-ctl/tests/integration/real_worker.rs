@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{DEADLINE, TestEnv, wait_until};
 
+/// The real worker against a dead endpoint: restarts climb at the
+/// configured spacing until the breaker trips (issue #3).
 #[test]
 fn restarts_climb_at_the_configured_spacing_until_the_breaker_trips() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -53,6 +55,8 @@ fn restarts_climb_at_the_configured_spacing_until_the_breaker_trips() {
     assert!(env.worker_processes().is_empty(), "nothing left running");
 }
 
+/// A stopped real worker exits on SIGTERM and closes its socket (issue #3).
+/// Its accept once had no deadline (issue #8, section 6).
 #[test]
 fn real_worker_stops_cleanly() {
     // A WebSocket endpoint that accepts connections and never answers: the
@@ -62,8 +66,14 @@ fn real_worker_stops_cleanly() {
     let env = TestEnv::new(&format!(
         "[worker]\ncommand = [\"wa-worker\", \"--url\", \"ws://127.0.0.1:{port}/ws/chat\"]\n"
     ));
+    // Accept with a deadline: a worker that never connects fails the test,
+    // and the TestEnv guard then ends what was started.
+    listener.set_nonblocking(true).unwrap();
     env.ok(&["start"]);
-    let (conn, _) = listener.accept().unwrap();
+    let conn = wait_until("the worker to connect", DEADLINE, || {
+        listener.accept().ok().map(|(conn, _)| conn)
+    });
+    conn.set_nonblocking(false).unwrap();
     let pid = wait_until("a worker pid", DEADLINE, || {
         env.session("default")["worker_pid"].as_u64()
     });
