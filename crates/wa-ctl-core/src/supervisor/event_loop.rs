@@ -361,16 +361,17 @@ impl EventLoop {
     /// Sessions whose orphans are gone: the policy decides for each.
     fn swept(&mut self, done: Option<Vec<SlotId>>) {
         for slot in done.into_iter().flatten() {
-            if matches!(self.slots[slot].session.phase, Phase::Ending { .. }) {
+            if let Phase::Ending { exit, .. } = self.slots[slot].session.phase {
                 let jitter = self.jitter.sample();
                 self.apply(slot, Input::Ended { jitter });
-                self.log_ended(slot);
+                self.log_exited(slot, exit);
             }
         }
         self.sweeper.start_if_due(Instant::now(), &self.tx);
     }
 
-    fn log_ended(&self, idx: SlotId) {
+    /// One line per worker that is gone, once the policy has decided.
+    fn log_exited(&self, idx: SlotId, exit: crate::lifecycle::ExitKind) {
         let s = &self.slots[idx].session;
         let retry = s.next_retry.map(|t| {
             let ms = t.saturating_duration_since(Instant::now()).as_millis() as u64;
@@ -378,11 +379,12 @@ impl EventLoop {
         });
         info!(
             session = %self.config.sessions[idx].id,
+            exit = %exit,
             code = %s.last_close.map_or_else(|| "-".to_owned(), |c| c.to_string()),
             action = %s.last_action.map_or("-", |a| a.as_str()),
             state = %s.state,
             retry_in = %retry.as_deref().unwrap_or("-"),
-            "worker ended"
+            "worker exited"
         );
     }
 
@@ -455,7 +457,7 @@ impl EventLoop {
             };
             match worker {
                 Some((slot, generation)) if self.slots[slot].generation == generation => {
-                    info!(session = %self.config.sessions[slot].id, pid = child.pid, exit = %exit, "worker exited");
+                    debug!(session = %self.config.sessions[slot].id, pid = child.pid, exit = %exit, "worker reaped");
                     self.apply(slot, Input::Reaped { exit });
                 }
                 Some(_) => {}
