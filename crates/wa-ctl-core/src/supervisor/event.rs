@@ -36,6 +36,12 @@ pub(super) enum Event {
         generation: Generation,
         event: WorkerEvent,
     },
+    /// A worker's events pipe reached end of file: the worker has most
+    /// likely exited (or is exiting), so its exit can be looked for by pid.
+    PipeClosed {
+        slot: SlotId,
+        generation: Generation,
+    },
     /// A reaped worker's events pipe has been read to the end: its last
     /// events came before this.
     Drained {

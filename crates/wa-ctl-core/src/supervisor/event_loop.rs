@@ -52,6 +52,19 @@ const CONTROL_QUEUE: usize = 64;
 /// slices, with control requests answered in between.
 const REAP_BATCH: usize = 128;
 
+/// The pause after a full scan for exited children, as a multiple of what
+/// it cost: the kernel looks at every child to answer, so a scan is paced to
+/// stay about 1% of the loop's time.
+const FULL_SCAN_PAUSE_FACTOR: u32 = 100;
+
+/// The longest a full scan waits after a SIGCHLD that no pipe explained.
+const FULL_SCAN_MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// When a closed pipe explained a SIGCHLD, a full scan still follows this
+/// late: a coalesced SIGCHLD may have hidden another exit (a worker whose
+/// pipe a grandchild holds, an orphan), and it must be found eventually.
+const FULL_SCAN_SAFETY_DELAY: Duration = Duration::from_secs(1);
+
 /// Deadlines handled per turn of the loop, for the same reason.
 const TIMER_BATCH: usize = 128;
 
@@ -115,6 +128,13 @@ pub(super) struct EventLoop {
     ready_sent: bool,
     prepare_queue: Vec<SlotId>,
     touched: Vec<SlotId>,
+    /// Workers whose events pipe closed: their exit is looked for by pid.
+    exit_candidates: Vec<u32>,
+    /// When the next full scan for exited children runs, if one is due.
+    full_scan_at: Option<Instant>,
+    /// When the pause after the last full scan ends.
+    full_scan_allowed: Instant,
+    /// A full scan stopped at its batch limit: go on at the next turn.
     reap_more: bool,
     shutting_down: bool,
     final_sweep_requested: bool,
@@ -164,6 +184,9 @@ impl EventLoop {
             ready_sent: false,
             prepare_queue: Vec::new(),
             touched: Vec::new(),
+            exit_candidates: Vec::new(),
+            full_scan_at: None,
+            full_scan_allowed: Instant::now(),
             reap_more: false,
             shutting_down: false,
             final_sweep_requested: false,
@@ -219,7 +242,7 @@ impl EventLoop {
                     // outlives the supervisor.
                     self.final_sweep_requested = true;
                     self.sweeper.request_everything();
-                    self.sweeper.start_if_due(Instant::now(), &self.tx);
+                    self.sweep_if_due();
                 } else if !self.sweeper.busy() {
                     break;
                 }
@@ -227,6 +250,7 @@ impl EventLoop {
             let next_timer = [
                 self.deadlines.next(),
                 self.sweeper.due(),
+                self.full_scan_at,
                 self.status_file.due().filter(|_| self.ready_sent),
                 watchdog_at,
             ]
@@ -240,7 +264,11 @@ impl EventLoop {
                 biased;
                 signal = signals.recv() => Event::Signal(signal),
                 Some(event) = self.control_rx.recv() => event,
-                () = std::future::ready(()), if self.reap_more => Event::Signal(SignalEvent::Child),
+                () = std::future::ready(()), if self.reap_more => {
+                    self.full_scan();
+                    self.answer_touched();
+                    continue;
+                }
                 () = async {
                     match next_timer {
                         Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -285,7 +313,18 @@ impl EventLoop {
                     "SIGHUP ignored: restart the supervisor to apply a changed config (`wa-ctl restart`)"
                 )
             }
-            Event::Signal(SignalEvent::Child) => self.reap_children(),
+            Event::Signal(SignalEvent::Child) => {
+                let explained = self.reap_candidates() > 0;
+                self.schedule_full_scan(explained);
+            }
+            Event::PipeClosed { slot, generation } => {
+                if self.slots[slot].generation == generation
+                    && let Some(worker) = self.slots[slot].session.running()
+                {
+                    self.exit_candidates.push(worker.pid);
+                    self.reap_candidates();
+                }
+            }
             Event::Worker {
                 slot,
                 generation,
@@ -296,7 +335,7 @@ impl EventLoop {
                     && matches!(self.slots[slot].session.phase, Phase::Ending { .. })
                 {
                     self.sweeper.request(slot);
-                    self.sweeper.start_if_due(Instant::now(), &self.tx);
+                    self.sweep_if_due();
                 }
             }
             Event::Control(request, reply) => self.control(request, reply),
@@ -358,6 +397,22 @@ impl EventLoop {
         }
     }
 
+    /// Starts an orphan sweep if one is due; a cheap listing is handled at once.
+    fn sweep_if_due(&mut self) {
+        if let Some((sweep, children, cost)) = self.sweeper.start_if_due(Instant::now(), &self.tx)
+        {
+            self.orphans_listed(sweep, children, cost);
+        }
+    }
+
+    fn orphans_listed(&mut self, sweep: u64, children: std::io::Result<Vec<u32>>, cost: Duration) {
+        let workers = &self.workers;
+        let done = self
+            .sweeper
+            .listed(sweep, children, cost, |pid| workers.contains_key(&pid), &self.tx);
+        self.swept(done);
+    }
+
     /// Sessions whose orphans are gone: the policy decides for each.
     fn swept(&mut self, done: Option<Vec<SlotId>>) {
         for slot in done.into_iter().flatten() {
@@ -367,7 +422,7 @@ impl EventLoop {
                 self.log_exited(slot, exit);
             }
         }
-        self.sweeper.start_if_due(Instant::now(), &self.tx);
+        self.sweep_if_due();
     }
 
     /// One line per worker that is gone, once the policy has decided.
@@ -423,59 +478,113 @@ impl EventLoop {
         }
     }
 
-    /// Finds exited children without waiting: a worker's group is emptied
-    /// while its zombie still pins the number, then it is reaped; orphans
-    /// adopted as subreaper are reaped as they come.
-    fn reap_children(&mut self) {
+    /// Looks for the exit of the workers whose events pipe closed, by pid:
+    /// O(1) each. The common way a worker's exit is found. Returns how many
+    /// were collected.
+    fn reap_candidates(&mut self) -> usize {
+        let mut collected = 0;
+        let mut i = 0;
+        while i < self.exit_candidates.len() {
+            let pid = self.exit_candidates[i];
+            match process::exited_child(pid) {
+                Ok(Some(child)) => {
+                    self.exit_candidates.swap_remove(i);
+                    self.collect_exit(child);
+                    collected += 1;
+                }
+                Ok(None) => i += 1,
+                Err(_) => {
+                    // Not our child any more: already reaped by a full scan.
+                    self.exit_candidates.swap_remove(i);
+                }
+            }
+        }
+        collected
+    }
+
+    /// A SIGCHLD arrived: a full scan catches what no closed pipe announced
+    /// (a worker whose pipe a grandchild still holds, an adopted orphan). It
+    /// looks at every child, so it is paced by its own cost; and when a
+    /// closed pipe explained the signal it only runs a second later, as a
+    /// safety net for an exit the coalesced signal may have hidden.
+    fn schedule_full_scan(&mut self, explained: bool) {
+        let now = Instant::now();
+        let at = if explained {
+            (now + FULL_SCAN_SAFETY_DELAY).max(self.full_scan_allowed)
+        } else {
+            self.full_scan_allowed.max(now)
+        };
+        if self.full_scan_at.is_none_or(|t| at < t) {
+            self.full_scan_at = Some(at);
+        }
+    }
+
+    /// Finds exited children without waiting, in slices of `REAP_BATCH`.
+    fn full_scan(&mut self) {
+        self.full_scan_at = None;
+        let started = Instant::now();
+        let mut more = true;
         for _ in 0..REAP_BATCH {
-            let child = match process::next_exited_child() {
-                Ok(Some(child)) => child,
+            match process::next_exited_child() {
+                Ok(Some(child)) => {
+                    self.exit_candidates.retain(|&p| p != child.pid);
+                    self.collect_exit(child);
+                }
                 Ok(None) => {
-                    self.reap_more = false;
-                    return;
+                    more = false;
+                    break;
                 }
                 Err(e) => {
                     error!("cannot look for exited children: {e}");
-                    self.reap_more = false;
-                    return;
+                    more = false;
+                    break;
                 }
-            };
-            let worker = self.workers.remove(&child.pid);
-            if worker.is_some() {
-                // The leader is a zombie, so its pgid cannot name anyone
-                // else: end whatever it left in its group before reaping it.
-                let _ = process::signal_group(child.pid, Signal::SIGKILL);
-            }
-            if let Err(e) = process::reap(child.pid) {
-                error!(pid = child.pid, "cannot reap: {e}");
-            }
-            self.sweeper.reaped(child.pid);
-            let exit = match (child.code, child.signal) {
-                (Some(code), _) => crate::lifecycle::ExitKind::Code(code),
-                (None, Some(sig)) => crate::lifecycle::ExitKind::Signal(sig),
-                (None, None) => crate::lifecycle::ExitKind::Code(-1),
-            };
-            match worker {
-                Some((slot, generation)) if self.slots[slot].generation == generation => {
-                    debug!(session = %self.config.sessions[slot].id, pid = child.pid, exit = %exit, "worker reaped");
-                    self.apply(slot, Input::Reaped { exit });
-                }
-                Some(_) => {}
-                None => debug!(pid = child.pid, exit = %exit, "reaped an adopted orphan"),
             }
         }
-        // More may be waiting: go on after the next control request.
-        self.reap_more = true;
+        self.reap_more = more;
+        let pause = (started.elapsed() * FULL_SCAN_PAUSE_FACTOR).min(FULL_SCAN_MAX_PAUSE);
+        self.full_scan_allowed = Instant::now() + pause;
+    }
+
+    /// A child exited: a worker's group is emptied while its zombie still
+    /// pins the number, then it is reaped; an adopted orphan is just reaped.
+    fn collect_exit(&mut self, child: process::ChildExit) {
+        let worker = self.workers.remove(&child.pid);
+        if worker.is_some() {
+            // The leader is a zombie, so its pgid cannot name anyone else:
+            // end whatever it left in its group before reaping it.
+            let _ = process::signal_group(child.pid, Signal::SIGKILL);
+        }
+        if let Err(e) = process::reap(child.pid) {
+            error!(pid = child.pid, "cannot reap: {e}");
+        }
+        self.sweeper.reaped(child.pid);
+        let exit = match (child.code, child.signal) {
+            (Some(code), _) => crate::lifecycle::ExitKind::Code(code),
+            (None, Some(sig)) => crate::lifecycle::ExitKind::Signal(sig),
+            (None, None) => crate::lifecycle::ExitKind::Code(-1),
+        };
+        match worker {
+            Some((slot, generation)) if self.slots[slot].generation == generation => {
+                debug!(session = %self.config.sessions[slot].id, pid = child.pid, exit = %exit, "worker reaped");
+                self.apply(slot, Input::Reaped { exit });
+            }
+            Some(_) => {}
+            None => debug!(pid = child.pid, exit = %exit, "reaped an adopted orphan"),
+        }
     }
 
     fn timers(&mut self, now: Instant) {
         // An exit not yet collected must not be taken for a worker that
         // outlived its grace period.
-        self.reap_children();
+        self.reap_candidates();
+        if self.full_scan_at.is_some_and(|t| t <= now) {
+            self.full_scan();
+        }
         for idx in self.deadlines.pop_due(now, TIMER_BATCH) {
             self.apply(idx, Input::Tick);
         }
-        self.sweeper.start_if_due(now, &self.tx);
+        self.sweep_if_due();
         if self.ready_sent {
             self.write_status(now);
             if self.notifier.enabled() {
@@ -710,9 +819,9 @@ impl EventLoop {
                 }
                 None => {
                     // No watcher (its pipe could not be registered): nothing
-                    // to read, go straight to the orphans.
+                    // to read, go straight to the orphans. The sweep starts
+                    // after this effect, from the loop's next turn.
                     self.sweeper.request(idx);
-                    self.sweeper.start_if_due(Instant::now(), &self.tx);
                 }
             },
             Effect::Quarantine => spawn::quarantine(

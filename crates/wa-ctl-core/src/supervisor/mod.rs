@@ -238,6 +238,7 @@ fn run_inner(
     // can be removed by mistake.
     let _ = std::fs::remove_file(runtime_dir.join(SOCKET_FILE));
     let _ = std::fs::remove_file(runtime_dir.join(STATUS_FILE));
+    let _ = std::fs::remove_file(crate::fsutil::next_file(&runtime_dir.join(STATUS_FILE)));
     drop(runtime);
     result.map(|()| Outcome::Stopped)
 }

@@ -5,12 +5,15 @@
 //! them are.
 //!
 //! Finding them means listing this process's children, which the kernel
-//! does in time linear in their number (about 8 ms with 10,000 workers). So
-//! a sweep runs off the loop, serves every session that waits at that
-//! moment, and the next one may start only after a pause proportional to
-//! what the last one cost (50 times its listing time, at most a second):
-//! sweeping stays a small, bounded share of the supervisor's time however
-//! many sessions restart, and costs nothing measurable with few sessions.
+//! does in time linear in their number (about 8 ms with 10,000 workers). A
+//! sweep serves every session that waits at that moment, and the next one
+//! may start only after a pause proportional to what the last one cost (200
+//! times its listing time, at most a second): sweeping stays a small,
+//! bounded share of the supervisor's time however many sessions restart.
+//! The listing is a read of this process's own `/proc` entry and waits on
+//! nobody; while it is cheap (under [`INLINE_LISTING`]) it runs on the loop,
+//! which spares a restart two thread switches, and once it is not, it runs
+//! on the blocking pool.
 //!
 //! Identity: a candidate is a child that is neither a known worker nor
 //! reaped since the listing, so its pid is still ours when the loop opens a
@@ -31,10 +34,13 @@ use super::event::{Event, SlotId};
 use super::spawn::LEFTOVER_KILL_TIMEOUT;
 
 /// The pause after a sweep, as a multiple of its listing time.
-const PAUSE_FACTOR: u32 = 50;
+const PAUSE_FACTOR: u32 = 200;
 
 /// The longest pause between two sweeps.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// A listing that took less than this last time runs on the loop.
+const INLINE_LISTING: Duration = Duration::from_micros(100);
 
 #[derive(Debug)]
 struct Sweep {
@@ -56,6 +62,8 @@ pub(super) struct Sweeper {
     /// When the pause after the last sweep ends.
     next_allowed: Instant,
     counter: u64,
+    /// What the last listing of children cost.
+    last_cost: Duration,
 }
 
 impl Default for Sweeper {
@@ -66,6 +74,7 @@ impl Default for Sweeper {
             current: None,
             next_allowed: Instant::now(),
             counter: 0,
+            last_cost: Duration::ZERO,
         }
     }
 }
@@ -102,10 +111,17 @@ impl Sweeper {
         }
     }
 
-    /// Starts a sweep if one waits and its pause is over.
-    pub(super) fn start_if_due(&mut self, now: Instant, tx: &mpsc::Sender<Event>) {
+    /// Starts a sweep if one waits and its pause is over. A cheap listing
+    /// is made at once and returned (the caller hands it to [`Self::listed`]);
+    /// an expensive one runs on the blocking pool and comes back as
+    /// `Event::OrphansListed`.
+    pub(super) fn start_if_due(
+        &mut self,
+        now: Instant,
+        tx: &mpsc::Sender<Event>,
+    ) -> Option<(u64, std::io::Result<Vec<u32>>, Duration)> {
         if self.due().is_none_or(|t| t > now) {
-            return;
+            return None;
         }
         self.counter += 1;
         let id = self.counter;
@@ -116,6 +132,11 @@ impl Sweeper {
             reaped: HashSet::new(),
             cost: Duration::ZERO,
         });
+        if self.last_cost < INLINE_LISTING {
+            let started = Instant::now();
+            let children = process::children();
+            return Some((id, children, started.elapsed()));
+        }
         let tx = tx.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -127,6 +148,7 @@ impl Sweeper {
                 cost,
             });
         });
+        None
     }
 
     /// The children are listed. Returns the sessions served if there is
@@ -141,6 +163,7 @@ impl Sweeper {
     ) -> Option<Vec<SlotId>> {
         let sweep = self.current.as_mut().filter(|s| s.id == sweep_id)?;
         sweep.cost = cost;
+        self.last_cost = cost;
         let children = match children {
             Ok(c) => c,
             Err(e) => {

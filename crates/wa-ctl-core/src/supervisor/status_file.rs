@@ -4,10 +4,10 @@
 //! Written at most once per [`INTERVAL`] while something changed, by a job
 //! on the blocking pool (the record of 10,000 sessions is megabytes), so a
 //! state change costs the loop a flag, not a write. The file is replaced
-//! atomically (a reader sees the old record or the new one) but not
-//! fsync'd: `runtime_dir` is a tmpfs under systemd, and the record is only
-//! trusted while its writer holds the supervisor lock, so it never needs to
-//! survive a crash.
+//! atomically (a reader sees the old record or the new one; two inodes take
+//! turns, see [`crate::fsutil::replace_file`]) but not fsync'd: `runtime_dir`
+//! is a tmpfs under systemd, and the record is only trusted while its
+//! writer holds the supervisor lock, so it never needs to survive a crash.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -107,7 +107,12 @@ async fn watch(
                     Read::Lines(batch) => batch,
                     Read::Eof(batch) => {
                         open = false;
-                        batch
+                        if !forward(&tx, slot, generation, batch).await
+                            || tx.send(Event::PipeClosed { slot, generation }).await.is_err()
+                        {
+                            return;
+                        }
+                        continue;
                     }
                     Read::WouldBlock => continue,
                 }
