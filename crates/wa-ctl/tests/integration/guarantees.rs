@@ -102,7 +102,13 @@ fn next_start_ends_what_a_killed_supervisor_left() {
     let grandchild = wait_until("the grandchild", DEADLINE, || {
         env.grandchildren().first().copied()
     });
-    kill(Pid::from_raw(env.supervisor_pid() as i32), Signal::SIGKILL).unwrap();
+    let supervisor = env.supervisor_pid();
+    kill(Pid::from_raw(supervisor as i32), Signal::SIGKILL).unwrap();
+    // kill(2) returns before the process is gone: on a busy machine a start
+    // right away could still find the lock held ("already running").
+    wait_until("the killed supervisor to be gone", DEADLINE, || {
+        (!alive(supervisor)).then_some(())
+    });
     // PR_SET_PDEATHSIG reaches the worker, not what it forked.
     assert!(alive(grandchild));
     env.ok(&["start"]);
