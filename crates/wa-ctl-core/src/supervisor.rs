@@ -23,9 +23,10 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, SessionConfig};
 use crate::control::{MAX_REQUEST, Request, Response, SOCKET_FILE, SessionUpdate};
 use crate::fsutil::{DirError, ensure_private_dir, write_atomic};
+use crate::leftovers::{self, Leftover};
 use crate::lifecycle::{Context, Effect, ExitKind, Input, PairingCode, Session, State};
 use crate::lock::{LockError, SessionLock, SupervisorLock};
-use crate::process::{self, Leftover, WorkerSpec};
+use crate::process::{self, WorkerSpec};
 use crate::protocol::{LineSplitter, WorkerEvent, parse_line};
 use crate::session_id::SessionId;
 use crate::status::{STATUS_FILE, SessionRecord, StatusRecord, unix_ms};
@@ -260,7 +261,7 @@ impl Supervisor {
             .collect();
         let seed = unix_ms(SystemTime::now()) ^ (u64::from(std::process::id()) << 32);
         let sessions_root = config.supervisor.state_dir.join("sessions");
-        let leftovers = process::find_leftovers(&sessions_root);
+        let leftovers = leftovers::find_leftovers(&sessions_root);
         let mut by_dir: HashMap<PathBuf, Vec<Leftover>> = HashMap::new();
         for (dir, leftover) in leftovers {
             by_dir.entry(dir).or_default().push(leftover);
@@ -711,7 +712,7 @@ impl Supervisor {
             // Under the lock, end what a supervisor killed before us left.
             let leftovers = match &mut self.startup_leftovers {
                 Some(map) => map.remove(&dir).unwrap_or_default(),
-                None => process::find_leftovers(&dir)
+                None => leftovers::find_leftovers(&dir)
                     .into_iter()
                     .map(|(_, l)| l)
                     .collect(),
@@ -719,7 +720,11 @@ impl Supervisor {
             if !leftovers.is_empty() {
                 let pids: Vec<u32> = leftovers.iter().map(|l| l.pid).collect();
                 warn!(session = %id, ?pids, "ending processes left behind by a previous supervisor");
-                if let Err(e) = process::end_leftovers(&leftovers, LEFTOVER_TIMEOUT) {
+                if let Err(e) = leftovers::end_leftovers(
+                    &leftovers,
+                    self.config.supervisor.stop_timeout,
+                    LEFTOVER_TIMEOUT,
+                ) {
                     error!(session = %id, "cannot end leftovers: {e}");
                     return failed(format!("cannot end leftovers: {e}"));
                 }
@@ -805,7 +810,7 @@ impl Supervisor {
     fn end_adopted(&mut self, slot: Option<usize>) {
         let known = self.known_children();
         for pid in process::adopted_children(&known) {
-            let session_dir = process::session_dir_of(pid);
+            let session_dir = leftovers::session_dir_of(pid);
             let ours = match (slot, &session_dir) {
                 (Some(idx), Some(dir)) => {
                     *dir == self.config.session_dir(&self.slots[idx].config.id)
@@ -1155,7 +1160,7 @@ pub fn end_orphans(config: &Config) -> Result<Vec<Leftover>, SupervisorError> {
         return Ok(vec![]);
     }
     let mut by_dir: HashMap<PathBuf, Vec<Leftover>> = HashMap::new();
-    for (dir, leftover) in process::find_leftovers(&sessions_root) {
+    for (dir, leftover) in leftovers::find_leftovers(&sessions_root) {
         by_dir.entry(dir).or_default().push(leftover);
     }
     let mut ended = Vec::new();
@@ -1167,12 +1172,11 @@ pub fn end_orphans(config: &Config) -> Result<Vec<Leftover>, SupervisorError> {
         let Some(_lock) = SessionLock::try_acquire(&dir)? else {
             continue;
         };
-        process::end_leftovers(&leftovers, LEFTOVER_TIMEOUT).map_err(|source| {
-            SupervisorError::Io {
+        leftovers::end_leftovers(&leftovers, config.supervisor.stop_timeout, LEFTOVER_TIMEOUT)
+            .map_err(|source| SupervisorError::Io {
                 what: format!("end leftovers of session {}", session.id),
                 source,
-            }
-        })?;
+            })?;
         ended.extend(leftovers);
     }
     Ok(ended)
