@@ -278,23 +278,6 @@ pub unsafe fn take_ready_fd() -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// One read of the process table, with what the census and the leftover
-/// search need: command lines, environments and owners, but no threads.
-pub fn process_table() -> sysinfo::System {
-    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
-    let mut system = System::new();
-    system.refresh_processes_specifics(
-        ProcessesToUpdate::All,
-        true,
-        ProcessRefreshKind::nothing()
-            .without_tasks()
-            .with_cmd(UpdateKind::Always)
-            .with_environ(UpdateKind::Always)
-            .with_user(UpdateKind::Always),
-    );
-    system
-}
-
 /// Our children that are not in `known`: orphans adopted as subreaper.
 pub fn adopted_children(known: &std::collections::HashSet<u32>) -> Vec<u32> {
     let mut pids = Vec::new();
