@@ -16,7 +16,8 @@
 //!    is parsed by the `procfs` crate.
 //! 2. The command line, environment and owner of the **candidates** only:
 //!    - processes whose kernel name is a configured worker program's file
-//!      name (the kernel keeps its first 15 bytes);
+//!      name (the kernel keeps its first 15 bytes), unless a supervisor
+//!      runs them: those are never strays, and a machine may run many;
 //!    - processes named `wa-ctl`, which may be supervisors;
 //!    - every descendant of a candidate worker that no supervisor owns
 //!      (what a stray forked carries its session directory too).
@@ -39,8 +40,9 @@
 //! # What [`take`] does not see
 //!
 //! [`take_exhaustive`] reads the command line of every process and the
-//! environment of every process of this user, as the census always did; it
-//! is what `stop --all` uses, which must not leave a stray running. The
+//! environment of every process of this user, as the census always did
+//! (but for worker programs that a supervisor runs: never strays); it is
+//! what `stop --all` uses, which must not leave a stray running. The
 //! cheaper [`take`] misses:
 //!
 //! - a process under another name that carries one of our session
@@ -329,13 +331,13 @@ fn count(
         }
         false
     };
+    // A supervised process is never a stray: nothing more to read of the
+    // workers of other supervisors, however many there are.
     let mut roots = Vec::new();
     for i in 0..rows.len() {
-        if rows[i].kind == Kind::Worker && wanted(&rows[i]) {
+        if rows[i].kind == Kind::Worker && wanted(&rows[i]) && !supervised(&rows, i) {
             rows[i].details = read(&rows[i]);
-            if !supervised(&rows, i) {
-                roots.push(i);
-            }
+            roots.push(i);
         }
     }
     // What an unsupervised candidate forked may carry our session directory.
@@ -690,7 +692,8 @@ mod tests {
         });
         assert_eq!((census.supervisors, census.workers), (1, 1));
         assert_eq!(census.strays.len(), 1);
-        assert_eq!(proc.read_pids(), [1, 50, 100, 101, 200, 300]);
+        // All but itself and what a supervisor runs (never a stray).
+        assert_eq!(proc.read_pids(), [1, 50, 100, 200, 300]);
     }
 
     #[test]
@@ -772,6 +775,8 @@ mod tests {
         });
         assert_eq!(census.supervisors, 2);
         assert!(census.strays.is_empty(), "{:?}", census.strays);
+        // Nothing is read of a supervised process.
+        assert_eq!(proc.read_pids(), [300, 500, 600]);
     }
 
     #[test]
