@@ -135,7 +135,13 @@ pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     file.write_all(contents)?;
     file.set_len(contents.len() as u64)?;
     drop(file);
-    match renameat2(AT_FDCWD, &next, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE) {
+    match renameat2(
+        AT_FDCWD,
+        &next,
+        AT_FDCWD,
+        path,
+        RenameFlags::RENAME_EXCHANGE,
+    ) {
         Ok(()) => Ok(()),
         // No `path` yet, or a file system without exchange.
         Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EINVAL) => fs::rename(&next, path),
@@ -177,12 +183,20 @@ mod tests {
         replace_file(&p, b"first, longer", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"first, longer");
         replace_file(&p, b"second", 0o600).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"second", "no tail of the longer one");
+        assert_eq!(
+            fs::read(&p).unwrap(),
+            b"second",
+            "no tail of the longer one"
+        );
         let a = fs::metadata(&p).unwrap().ino();
         replace_file(&p, b"third", 0o600).unwrap();
         replace_file(&p, b"fourth", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"fourth");
-        assert_eq!(fs::metadata(&p).unwrap().ino(), a, "the same two inodes take turns");
+        assert_eq!(
+            fs::metadata(&p).unwrap().ino(),
+            a,
+            "the same two inodes take turns"
+        );
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600

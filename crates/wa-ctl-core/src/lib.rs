@@ -8,6 +8,7 @@ pub mod census;
 pub mod config;
 pub mod control;
 pub mod fsutil;
+pub mod leftovers;
 pub mod lifecycle;
 pub mod lock;
 pub mod policy;

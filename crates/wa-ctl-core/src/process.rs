@@ -9,8 +9,9 @@
 //!   the number; then [`reap`].
 //! - The background supervisor is a fresh process in its own session, never
 //!   a `fork()` of a running tokio runtime.
-//! - Leftovers of a supervisor that died are found by the session directory
-//!   in their environment, and ended before a new worker is spawned.
+//!
+//! Processes we did not spawn (leftovers of a dead supervisor, strays) are
+//! signalled only through pidfds, in [`crate::leftovers`].
 //!
 //! `clippy.toml` forbids `Command::new` everywhere else.
 
@@ -21,10 +22,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::protocol::{ENV_EVENTS_FD, ENV_PAIR_PHONE, ENV_SESSION_DIR, ENV_SESSION_ID};
@@ -605,84 +605,6 @@ pub unsafe fn take_ready_fd() -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A process that a previous supervisor left behind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Leftover {
-    pub pid: u32,
-    pub cmdline: String,
-}
-
-/// One read of the process table, with what the census and the leftover
-/// search need: command lines, environments and owners, but no threads.
-pub fn process_table() -> sysinfo::System {
-    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
-    let mut system = System::new();
-    system.refresh_processes_specifics(
-        ProcessesToUpdate::All,
-        true,
-        ProcessRefreshKind::nothing()
-            .without_tasks()
-            .with_cmd(UpdateKind::Always)
-            .with_environ(UpdateKind::Always)
-            .with_user(UpdateKind::Always),
-    );
-    system
-}
-
-/// Finds this user's processes whose `WA_CTL_SESSION_DIR` lies under
-/// `under` (a session directory, or the `sessions/` folder for all of
-/// them): workers, and anything they forked, that a supervisor killed with
-/// SIGKILL left behind. Returns each with its session directory. Only
-/// processes we may signal (same user) have a readable environment.
-pub fn find_leftovers(under: &Path) -> Vec<(PathBuf, Leftover)> {
-    use std::os::unix::ffi::OsStrExt;
-    let prefix = format!("{ENV_SESSION_DIR}=");
-    let system = process_table();
-    let me = std::process::id();
-    let uid = nix::unistd::geteuid().as_raw();
-    let mut found = Vec::new();
-    for p in system.processes().values() {
-        if p.thread_kind().is_some()
-            || p.pid().as_u32() == me
-            || p.user_id().is_none_or(|u| **u != uid)
-        {
-            continue;
-        }
-        let session_dir = p.environ().iter().find_map(|e| {
-            let value = e.as_bytes().strip_prefix(prefix.as_bytes())?;
-            let dir = Path::new(std::ffi::OsStr::from_bytes(value));
-            dir.starts_with(under).then(|| dir.to_path_buf())
-        });
-        if let Some(dir) = session_dir {
-            let cmdline = p
-                .cmd()
-                .iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" ");
-            found.push((
-                dir,
-                Leftover {
-                    pid: p.pid().as_u32(),
-                    cmdline,
-                },
-            ));
-        }
-    }
-    found
-}
-
-/// The `WA_CTL_SESSION_DIR` in a process's environment, if readable.
-pub fn session_dir_of(pid: u32) -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{ENV_SESSION_DIR}=");
-    environ
-        .split(|&b| b == 0)
-        .find_map(|e| e.strip_prefix(prefix.as_bytes()))
-        .map(|v| PathBuf::from(std::ffi::OsStr::from_bytes(v)))
-}
-
 /// How a child ended, found by [`next_exited_child`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildExit {
@@ -780,53 +702,12 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: Signal) -> io::Result<bool> {
 
 /// Opens a pidfd: a descriptor that becomes readable when the process exits.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    // SAFETY: pidfd_open(2) takes a pid and flags (0) by value and touches
+    // no memory of ours; it returns a new descriptor or -1.
     let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor returned by the kernel, owned from here on.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Ends leftovers with SIGKILL and waits until each has exited, up to
-/// `timeout`. They belong to no supervisor and a new worker is about to take
-/// their place, so there is no grace period to honour.
-pub fn end_leftovers(leftovers: &[Leftover], timeout: Duration) -> io::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut pidfds = Vec::new();
-    for leftover in leftovers {
-        let pid = leftover.pid as i32;
-        // Open the pidfd before the kill, so that a pid reused in between
-        // cannot be waited on by mistake.
-        let fd = pidfd_open(leftover.pid);
-        match kill(Pid::from_raw(pid), Signal::SIGKILL) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if let Ok(fd) = fd {
-            pidfds.push(fd);
-        }
-    }
-    for fd in &pidfds {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let timeout =
-            nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX);
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(fd),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "a leftover process did not exit",
-                ));
-            }
-            Ok(_) => {}
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }

@@ -6,30 +6,50 @@
 //! systemd (`JOURNAL_STREAM` is set) lines carry no timestamp, because the
 //! journal adds its own.
 
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::Cli;
 
 /// The environment variable that overrides the log filter.
 pub const LOG_ENV: &str = "WA_CTL_LOG";
 
+/// The filter: `WA_CTL_LOG` if it is set and parses, else `default`.
+///
+/// `Targets` rather than `EnvFilter`: it reads the same `level` and
+/// `target=level` lists (`debug`, `wa_ctl_core=trace,info`) without
+/// EnvFilter's regular-expression engine, which was a fifth of the binary's
+/// code, most of it kept resident by the supervisor (bench/supervisor-memory).
+/// Span and field filters (`[span{f=v}]=level`) are not understood; such a
+/// filter falls back to the default, as any filter that does not parse
+/// always has.
+fn filter(default: Level) -> Targets {
+    std::env::var(LOG_ENV)
+        .ok()
+        .filter(|spec| !spec.trim().is_empty())
+        .and_then(|spec| spec.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(default))
+}
+
 pub fn init(cli: &Cli) {
     let default = if cli.command.runs_supervisor() {
-        "info"
+        Level::INFO
     } else {
-        "warn"
+        Level::WARN
     };
-    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(|| LossyStderr)
         .with_target(false)
         .with_ansi(false);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
+    let registry = tracing_subscriber::registry().with(filter(default));
+    // Nothing else installs a subscriber: this cannot fail.
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        registry.with(layer.without_time()).try_init()
     } else {
-        builder.init();
-    }
+        registry.with(layer).try_init()
+    };
 }
 
 /// stderr that drops what it cannot write. A background supervisor's stderr

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{Request, Response, SessionUpdate};
-use crate::process::Leftover;
+use crate::leftovers::Leftover;
 use crate::protocol::WorkerEvent;
 use crate::session_lock::SessionLock;
 

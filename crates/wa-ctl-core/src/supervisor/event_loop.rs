@@ -22,9 +22,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::control::{Request, Response, SessionUpdate};
+use crate::leftovers::Leftover;
 use crate::lifecycle::{Context, Effect, Input, Phase, State};
 use crate::policy::Jitter;
-use crate::process::{self, Leftover, Spawner, WorkerSpec};
+use crate::process::{self, Spawner, WorkerSpec};
 use crate::protocol::WorkerEvent;
 use crate::session_id::SessionId;
 use crate::session_lock::SessionLocks;
@@ -399,17 +400,20 @@ impl EventLoop {
 
     /// Starts an orphan sweep if one is due; a cheap listing is handled at once.
     fn sweep_if_due(&mut self) {
-        if let Some((sweep, children, cost)) = self.sweeper.start_if_due(Instant::now(), &self.tx)
-        {
+        if let Some((sweep, children, cost)) = self.sweeper.start_if_due(Instant::now(), &self.tx) {
             self.orphans_listed(sweep, children, cost);
         }
     }
 
     fn orphans_listed(&mut self, sweep: u64, children: std::io::Result<Vec<u32>>, cost: Duration) {
         let workers = &self.workers;
-        let done = self
-            .sweeper
-            .listed(sweep, children, cost, |pid| workers.contains_key(&pid), &self.tx);
+        let done = self.sweeper.listed(
+            sweep,
+            children,
+            cost,
+            |pid| workers.contains_key(&pid),
+            &self.tx,
+        );
         self.swept(done);
     }
 

@@ -36,8 +36,9 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::control::SOCKET_FILE;
 use crate::fsutil::{DirError, ensure_private_dir};
+use crate::leftovers::{self, Leftover};
 use crate::lock::{LockError, SupervisorLock};
-use crate::process::{self, Leftover, Spawner};
+use crate::process::Spawner;
 use crate::session_id::SessionId;
 use crate::session_lock::{SessionLockError, SessionLocks};
 use crate::status::STATUS_FILE;
@@ -253,7 +254,7 @@ pub fn end_orphans(config: &Config) -> Result<Vec<Leftover>, SupervisorError> {
         return Ok(vec![]);
     }
     let mut by_dir: HashMap<PathBuf, Vec<Leftover>> = HashMap::new();
-    for (dir, leftover) in process::find_leftovers(&sessions_root) {
+    for (dir, leftover) in leftovers::find_leftovers(&sessions_root) {
         by_dir.entry(dir).or_default().push(leftover);
     }
     if by_dir.is_empty() {
@@ -269,11 +270,14 @@ pub fn end_orphans(config: &Config) -> Result<Vec<Leftover>, SupervisorError> {
         let Some(_lock) = locks.try_lock(&session.id)? else {
             continue;
         };
-        process::end_leftovers(&leftovers, spawn::LEFTOVER_KILL_TIMEOUT).map_err(|source| {
-            SupervisorError::Leftovers {
-                session: session.id.to_string(),
-                source,
-            }
+        leftovers::end_leftovers(
+            &leftovers,
+            config.supervisor.stop_timeout,
+            spawn::LEFTOVER_KILL_TIMEOUT,
+        )
+        .map_err(|source| SupervisorError::Leftovers {
+            session: session.id.to_string(),
+            source,
         })?;
         ended.extend(leftovers);
     }

@@ -191,7 +191,7 @@ impl Sweeper {
         tokio::task::spawn_blocking(move || {
             let found = candidates
                 .into_iter()
-                .map(|(pid, fd)| (pid, fd, process::session_dir_of(pid)))
+                .map(|(pid, fd)| (pid, fd, crate::leftovers::session_dir_of(pid)))
                 .collect();
             let _ = tx.blocking_send(Event::OrphansIdentified {
                 sweep: sweep_id,

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::fsutil::ensure_private_dir;
-use crate::process::{self, Leftover};
+use crate::leftovers::{self, Leftover};
 use crate::session_id::SessionId;
 use crate::session_lock::SessionLocks;
 
@@ -51,7 +51,7 @@ pub(super) struct PrepareRequest {
 pub(super) fn startup_scan(sessions_root: PathBuf, tx: mpsc::Sender<Event>) {
     tokio::task::spawn_blocking(move || {
         let mut by_dir: HashMap<PathBuf, Vec<Leftover>> = HashMap::new();
-        for (dir, leftover) in process::find_leftovers(&sessions_root) {
+        for (dir, leftover) in leftovers::find_leftovers(&sessions_root) {
             by_dir.entry(dir).or_default().push(leftover);
         }
         let _ = tx.blocking_send(Event::StartupScan(by_dir));
@@ -105,7 +105,7 @@ fn prepare_one(
     // Under the lock, end what a supervisor killed before us left.
     let leftovers = match &request.leftovers {
         Some(known) => known.clone(),
-        None => process::find_leftovers(&request.dir)
+        None => leftovers::find_leftovers(&request.dir)
             .into_iter()
             .map(|(_, l)| l)
             .collect(),
@@ -113,8 +113,7 @@ fn prepare_one(
     if !leftovers.is_empty() {
         let pids: Vec<u32> = leftovers.iter().map(|l| l.pid).collect();
         warn!(session = %id, ?pids, "ending processes left behind by a previous supervisor");
-        let _ = grace;
-        if let Err(e) = process::end_leftovers(&leftovers, LEFTOVER_KILL_TIMEOUT) {
+        if let Err(e) = leftovers::end_leftovers(&leftovers, grace, LEFTOVER_KILL_TIMEOUT) {
             error!(session = %id, "cannot end leftovers: {e}");
             return Err(PrepareFailure::Failed(format!("cannot end leftovers: {e}")));
         }

@@ -27,7 +27,7 @@ pub(super) fn stop(config: &Config, id: Option<String>, all: bool) -> anyhow::Re
 
 /// `stop --all`: after the supervisor, the strays.
 fn end_strays(config: &Config) -> anyhow::Result<()> {
-    let census = census::take(config, &census::Owned::default());
+    let census = census::take_exhaustive(config, &census::Owned::default());
     let ended = census::end_strays(&census.strays, config.supervisor.stop_timeout)?;
     for stray in &ended {
         out(&format!(
