@@ -18,7 +18,8 @@
 //!    - processes whose kernel name is a configured worker program's file
 //!      name (the kernel keeps its first 15 bytes), unless a supervisor
 //!      runs them: those are never strays, and a machine may run many;
-//!    - processes named `wa-ctl`, which may be supervisors;
+//!    - processes named `wa-ctl` or `wa-ctl-supervis` (the kernel's 15 bytes
+//!      of `wa-ctl-supervisor`), which may be supervisors;
 //!    - every descendant of a candidate worker that no supervisor owns
 //!      (what a stray forked carries its session directory too).
 //!
@@ -55,7 +56,7 @@
 //!   one started with `exec -a`, a script run by path through its `#!`
 //!   line (the kernel names it after the script, `argv[0]` is the
 //!   interpreter), or one that renamed itself (`prctl(PR_SET_NAME)`);
-//! - a supervisor whose kernel name is not `wa-ctl` (a renamed binary).
+//! - a supervisor whose kernel name is neither (a renamed binary).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -79,8 +80,14 @@ const COMM_LEN: usize = 15;
 /// `PF_KTHREAD` in `stat`'s flags: a kernel thread, which runs no command.
 const PF_KTHREAD: u32 = 0x0020_0000;
 
-/// The kernel name of a supervisor.
-const SUPERVISOR_NAME: &str = "wa-ctl";
+/// The `argv[0]` of a supervisor, whichever binary runs it.
+const SUPERVISOR_NAME: &str = crate::process::SUPERVISOR_ARGV0;
+
+/// The kernel names a supervisor may have: `wa-ctl` when it runs in the CLI's
+/// process, the first 15 bytes of `wa-ctl-supervisor` when that binary runs.
+fn is_supervisor_name(comm: &str) -> bool {
+    comm == SUPERVISOR_NAME || comm == kernel_name(crate::process::SUPERVISOR_PROGRAM)
+}
 
 /// One process, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,7 +261,7 @@ impl Targets {
 
     /// What a process's kernel name makes it for pass 2.
     fn kind(&self, comm: &str) -> Kind {
-        if comm == SUPERVISOR_NAME {
+        if is_supervisor_name(comm) {
             Kind::Supervisor
         } else if self.worker_names.iter().any(|name| name == comm) {
             Kind::Worker

@@ -555,6 +555,7 @@ pub fn spawn_background_supervisor(
     args: &[OsString],
     log: std::fs::File,
 ) -> io::Result<(std::process::Child, OwnedFd)> {
+    use std::os::unix::process::CommandExt;
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let ready_fd = write_end.as_raw_fd();
     let log_err = log.try_clone()?;
@@ -563,12 +564,14 @@ pub fn spawn_background_supervisor(
         reason = "this module is the one place that spawns"
     )]
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(args)
+    // `wa-ctl`, whichever binary runs: `ps` and the census know the
+    // supervisor as `wa-ctl ... start --foreground`.
+    cmd.arg0(SUPERVISOR_ARGV0)
+        .args(args)
         .env(READY_FD_ENV, ready_fd.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    use std::os::unix::process::CommandExt;
     // SAFETY: async-signal-safe calls only (setsid, fcntl), between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -583,6 +586,34 @@ pub fn spawn_background_supervisor(
     let child = cmd.spawn()?;
     drop(write_end);
     Ok((child, read_end))
+}
+
+/// The file name of the supervisor binary, installed beside `wa-ctl`.
+pub const SUPERVISOR_PROGRAM: &str = "wa-ctl-supervisor";
+
+/// The `argv[0]` a supervisor runs with, whichever binary it is.
+pub const SUPERVISOR_ARGV0: &str = "wa-ctl";
+
+/// The supervisor binary beside the running one, if it is installed there.
+pub fn supervisor_program() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.join(SUPERVISOR_PROGRAM);
+    is_executable(&candidate).then_some(candidate)
+}
+
+/// Replaces this process with the supervisor binary, keeping the pid, the
+/// environment and the open descriptors (the readiness pipe among them).
+/// Returns only if `execve` failed.
+pub fn exec_supervisor(program: &Path, args: &[OsString]) -> io::Error {
+    use std::os::unix::process::CommandExt;
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "this module is the one place that spawns"
+    )]
+    std::process::Command::new(program)
+        .arg0(SUPERVISOR_ARGV0)
+        .args(args)
+        .exec()
 }
 
 /// Takes the readiness descriptor a background supervisor was given, if any.

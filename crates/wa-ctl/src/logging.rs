@@ -11,8 +11,6 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::Cli;
-
 /// The environment variable that overrides the log filter.
 pub const LOG_ENV: &str = "WA_CTL_LOG";
 
@@ -33,12 +31,9 @@ fn filter(default: Level) -> Targets {
         .unwrap_or_else(|| Targets::new().with_default(default))
 }
 
-pub fn init(cli: &Cli) {
-    let default = if cli.command.runs_supervisor() {
-        Level::INFO
-    } else {
-        Level::WARN
-    };
+/// Installs the subscriber: INFO for a supervisor, WARN for a client command.
+pub fn init(supervisor: bool) {
+    let default = if supervisor { Level::INFO } else { Level::WARN };
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(|| LossyStderr)
         .with_target(false)

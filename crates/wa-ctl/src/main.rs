@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod foreground;
 mod logging;
 
 use std::process::ExitCode;
@@ -14,7 +15,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(&cli);
+    logging::init(cli.command.runs_supervisor());
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -233,6 +233,13 @@ impl EventLoop {
             if !self.ready_sent && !self.scanning && self.by_phase[1] == 0 {
                 self.ready_sent = true;
                 readiness.ready();
+                // Start-up (parsing, the process-table scan, the prepare
+                // jobs) is the supervisor's peak of allocation; give what is
+                // free back to the system before settling in for months.
+                // SAFETY: malloc_trim only releases free heap memory.
+                unsafe {
+                    nix::libc::malloc_trim(0);
+                }
                 let summary = self.summary();
                 self.notifier.ready(&summary);
                 self.write_status(Instant::now());

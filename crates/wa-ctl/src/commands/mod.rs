@@ -11,21 +11,18 @@ mod start;
 mod status;
 mod stop;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use wa_ctl_core::config::{Config, Environment};
-use wa_ctl_core::control::{self, Request};
 use wa_ctl_core::lock::{Probe, SupervisorLock};
 use wa_ctl_core::process;
 
 use crate::cli::{Cli, Command};
-use crate::exit::{self, UsageError};
+use crate::exit::UsageError;
+use crate::foreground::{START_TIMEOUT, out, pid_text, session_request};
 
-/// How long `wa-ctl start` waits for a background supervisor to report.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra time a stop may take beyond `stop_timeout` before the CLI gives up.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
 
@@ -46,18 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Login { id, phone } => login::login(&config, id, phone),
         Command::Check => check::check(&config),
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
-    }
-}
-
-/// Writes to stdout, treating a closed pipe (`wa-ctl status | head`) as done.
-fn out(text: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
     }
 }
 
@@ -92,21 +77,6 @@ fn check_workers(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pid_text(pid: Option<u32>) -> String {
-    pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
-}
-
 fn stop_timeout(config: &Config) -> Duration {
     config.supervisor.stop_timeout + STOP_MARGIN
-}
-
-/// Sends a per-session request and prints the answer.
-fn session_request(config: &Config, request: Request, timeout: Duration) -> anyhow::Result<u8> {
-    let response = control::request(&config.supervisor.runtime_dir, &request, timeout)?;
-    if response.ok {
-        out(&format!("{}\n", response.message))?;
-        Ok(exit::SUCCESS)
-    } else {
-        bail!("{}", response.message)
-    }
 }

@@ -8,13 +8,13 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context as _, bail};
 use wa_ctl_core::config::Config;
-use wa_ctl_core::control::Request;
 use wa_ctl_core::fsutil::ensure_private_dir;
 use wa_ctl_core::lock::Probe;
-use wa_ctl_core::{process, supervisor};
+use wa_ctl_core::process;
 
-use super::{START_TIMEOUT, check_session, check_workers, out, pid_text, probe, session_request};
+use super::{START_TIMEOUT, check_session, check_workers, out, probe};
 use crate::exit;
+use crate::foreground::{self, already_running};
 
 pub(super) fn start(config: &Config, id: Option<String>, foreground: bool) -> anyhow::Result<u8> {
     if let Some(id) = &id {
@@ -22,19 +22,18 @@ pub(super) fn start(config: &Config, id: Option<String>, foreground: bool) -> an
     }
     check_workers(config, id.as_deref())?;
 
-    let only = id
-        .as_ref()
-        .map(|id| vec![id.parse().expect("checked against the configuration")]);
     if foreground {
-        // SAFETY: called once, at start-up, before anything else owns descriptors.
-        let ready = unsafe { process::take_ready_fd() };
-        // The lock decides, not a probe: a probe could be stale by the time
-        // we act on it. A failure is reported on `ready` with every cause.
-        let outcome = supervisor::run(config.clone(), supervisor::Options { only, ready })?;
-        return match outcome {
-            supervisor::Outcome::Stopped => Ok(exit::SUCCESS),
-            supervisor::Outcome::AlreadyRunning(pid) => already_running(config, pid, id),
-        };
+        // The supervisor binary, when installed: a smaller process to keep
+        // for months. Same pid, same arguments, same `argv[0]`.
+        if let Some(program) = process::supervisor_program() {
+            let error = process::exec_supervisor(&program, &supervisor_args(config, &id));
+            return Err(error).with_context(|| format!("running {}", program.display()));
+        }
+        tracing::warn!(
+            "{} is not installed beside wa-ctl: running the supervisor in this process",
+            process::SUPERVISOR_PROGRAM
+        );
+        return foreground::run(config, id);
     }
     if let Probe::Running { pid } = probe(config)? {
         return already_running(config, pid, id);
@@ -51,19 +50,24 @@ fn ready_timeout(config: &Config) -> std::time::Duration {
         + std::time::Duration::from_millis(5) * config.sessions.len() as u32
 }
 
-/// A supervisor runs already: say so, or start the one session asked for.
-fn already_running(config: &Config, pid: Option<u32>, id: Option<String>) -> anyhow::Result<u8> {
-    match id {
-        Some(id) => session_request(config, Request::Start { session: id }, START_TIMEOUT),
-        None => {
-            out(&format!("already running (pid {})\n", pid_text(pid)))?;
-            Ok(exit::SUCCESS)
-        }
+/// The arguments a supervisor gets: `[--config PATH] start --foreground
+/// [ID]`, the path absolute so that the census can match it.
+fn supervisor_args(config: &Config, id: &Option<String>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(path) = config.source.path() {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        args.extend([OsString::from("--config"), path.into_os_string()]);
     }
+    args.extend(["start", "--foreground"].map(OsString::from));
+    if let Some(id) = id {
+        args.push(OsString::from(id));
+    }
+    args
 }
 
-/// Starts a fresh `wa-ctl start --foreground` in the background and waits
-/// for its one-line report.
+/// Starts a supervisor in the background (`wa-ctl-supervisor`, or
+/// `wa-ctl start --foreground` when that is not installed) and waits for its
+/// one-line report.
 pub(super) fn start_background(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
     ensure_private_dir(&config.supervisor.runtime_dir)?;
     ensure_private_dir(&config.supervisor.state_dir)?;
@@ -74,16 +78,11 @@ pub(super) fn start_background(config: &Config, id: Option<String>) -> anyhow::R
         .mode(0o600)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut args: Vec<OsString> = Vec::new();
-    if let Some(path) = config.source.path() {
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        args.extend([OsString::from("--config"), path.into_os_string()]);
-    }
-    args.extend(["start", "--foreground"].map(OsString::from));
-    if let Some(id) = &id {
-        args.push(OsString::from(id));
-    }
-    let exe = std::env::current_exe().context("finding the wa-ctl binary")?;
+    let args = supervisor_args(config, &id);
+    let exe = match process::supervisor_program() {
+        Some(program) => program,
+        None => std::env::current_exe().context("finding the wa-ctl binary")?,
+    };
     let (mut child, ready) = process::spawn_background_supervisor(&exe, &args, log)
         .with_context(|| format!("starting {} in the background", exe.display()))?;
 
