@@ -115,7 +115,7 @@ pub struct WorkerSpec<'a> {
     pub cwd: &'a Path,
 }
 
-/// A spawned worker and the read end of its events pipe.
+/// A spawned worker and the read end of its events pipe (non-blocking).
 #[derive(Debug)]
 pub struct SpawnedWorker {
     pub pid: u32,
@@ -407,6 +407,17 @@ impl Spawner {
                 source: io::Error::from_raw_os_error(failed as u32 as i32),
             });
         }
+        // The supervisor's end never blocks. (The worker's end does: the
+        // flag belongs to each open file description, and the two ends are
+        // two descriptions.)
+        nix::fcntl::fcntl(
+            &read_end,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| SpawnError::Prepare {
+            what: "make the events pipe non-blocking",
+            source: e.into(),
+        })?;
         Ok(SpawnedWorker {
             pid: pid.as_raw() as u32,
             events: read_end,
@@ -634,6 +645,70 @@ pub unsafe fn take_ready_fd() -> Option<OwnedFd> {
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: it is open, and the caller guarantees nothing else owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Drops this process's page mappings of its own executable's read-only,
+/// never-written segments (code, read-only data, relocation and unwind
+/// tables), so that only what runs afterwards is mapped again. Returns how
+/// many KiB were unmapped.
+///
+/// Start-up touches much that a long-running supervisor never runs again
+/// (the dynamic loader's relocation tables, configuration parsing, the
+/// first scans), and the kernel maps 64 KiB around every page it faults in.
+/// `MADV_DONTNEED` on a clean file-backed mapping only removes page table
+/// entries: the pages stay in the page cache and the next access maps them
+/// back with a minor fault. A mapping holding any anonymous (copy-on-write)
+/// page, such as the relocated RELRO segment, is left alone: there it would
+/// discard data.
+pub fn unmap_startup_pages() -> usize {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return 0;
+    };
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return 0;
+    };
+    let mut released = 0;
+    let mut current: Option<(usize, usize)> = None;
+    let mut anonymous = 0usize;
+    let mut flush = |range: Option<(usize, usize)>, anonymous: usize| {
+        if let (Some((start, end)), 0) = (range, anonymous) {
+            // SAFETY: the range is a whole mapping of our executable,
+            // read-only and without anonymous pages: its contents come back
+            // from the file, unchanged, on the next access.
+            let rc = unsafe {
+                nix::libc::madvise(
+                    start as *mut nix::libc::c_void,
+                    end - start,
+                    nix::libc::MADV_DONTNEED,
+                )
+            };
+            if rc == 0 {
+                released += (end - start) / 1024;
+            }
+        }
+    };
+    for line in smaps.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let first = fields.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').and_then(|(a, b)| {
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        }) {
+            flush(current.take(), anonymous);
+            anonymous = 0;
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            if Path::new(path) == exe && (perms == "r--p" || perms == "r-xp") {
+                current = Some((start, end));
+            }
+        } else if first == "Anonymous:" {
+            anonymous = fields.next().and_then(|v| v.parse().ok()).unwrap_or(1);
+        }
+    }
+    flush(current.take(), anonymous);
+    released
 }
 
 /// How a child ended, found by [`next_exited_child`].

@@ -240,6 +240,8 @@ impl EventLoop {
                 unsafe {
                     nix::libc::malloc_trim(0);
                 }
+                let released = process::unmap_startup_pages();
+                debug!(kib = released, "start-up pages of the executable unmapped");
                 let summary = self.summary();
                 self.notifier.ready(&summary);
                 self.write_status(Instant::now());
@@ -890,17 +892,20 @@ impl EventLoop {
         let id = &session.id;
         let dir = self.config.session_dir(id);
         let base_dir = self.config.source.path().and_then(Path::parent);
-        let program = match process::resolve_program(&session.command[0], base_dir) {
-            Ok(p) => p,
-            Err(e) => {
-                error!(session = %id, "{e}");
-                return Input::SpawnFailed {
-                    reason: e.to_string(),
-                    jitter,
-                };
-            }
-        };
         let slot = &mut self.slots[idx];
+        let program = match slot.program.take() {
+            Some(p) => p,
+            None => match process::resolve_program(&session.command[0], base_dir) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(session = %id, "{e}");
+                    return Input::SpawnFailed {
+                        reason: e.to_string(),
+                        jitter,
+                    };
+                }
+            },
+        };
         let spec = WorkerSpec {
             program: &program,
             args: &session.command[1..],
@@ -918,6 +923,7 @@ impl EventLoop {
                 slot.reaped_tx = Some(reaped_tx);
                 info!(session = %id, pid = worker.pid, program = %program.display(), "worker spawned");
                 let pid = worker.pid;
+                slot.program = Some(program);
                 watcher::spawn(
                     worker.events,
                     idx,

@@ -32,6 +32,9 @@ pub(super) struct Slot {
     pub(super) pair_phone: Option<String>,
     /// Whether the slot is queued for `answer` after the current event.
     pub(super) touched: bool,
+    /// The worker program, found once and kept until a spawn fails (it may
+    /// have been moved or reinstalled).
+    pub(super) program: Option<std::path::PathBuf>,
 }
 
 impl Slot {
