@@ -141,13 +141,14 @@ proptest! {
         prop_assert_eq!(spawns, max_restarts + 1);
     }
 
-    /// Issue #8: the jobs that prepare a session, collect a reaped worker
-    /// and quarantine credentials run off the loop, and their results come
-    /// back in any order with operator commands and timers. Whatever that
-    /// order, a session never has two workers, never spawns outside
-    /// `Preparing`, and never signals a reaped worker.
+    /// Issue #8: the jobs that prepare a session, start its worker (on the
+    /// spawner thread), collect a reaped worker and quarantine credentials
+    /// run off the loop, and their results come back in any order with
+    /// operator commands and timers. Whatever that order, a session never
+    /// has two workers, never spawns outside `Preparing`, and never signals
+    /// a reaped worker.
     #[test]
-    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..12, 1..200)) {
+    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..13, 1..200)) {
         let policy = Policy {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
@@ -158,11 +159,14 @@ proptest! {
         let mut session = Session::new();
         // The executor's view: the jobs in flight and the live process.
         let mut prepare_pending = false;
+        let mut spawn_pending = false;
         let mut collect_pending = false;
         let mut quarantine_pending = false;
+        // The worker process, from the moment the spawner started it.
         let mut alive: Option<u32> = None;
         let mut spawns = 0u32;
         for op in ops {
+            let running = matches!(session.phase, Phase::Running(_));
             let input = match op {
                 0 => Input::Start,
                 1 => Input::Stop,
@@ -170,12 +174,17 @@ proptest! {
                 3 if prepare_pending => { prepare_pending = false; Input::Prepared }
                 4 if prepare_pending => { prepare_pending = false; Input::LockBusy }
                 5 if prepare_pending => { prepare_pending = false; Input::PrepareFailed { reason: "x".into(), jitter: 0.0 } }
-                6 if alive.is_some() => Input::Event(wa_ctl_core::protocol::WorkerEvent::Connected { jid: None }),
-                7 if alive.is_some() => Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code: 440, reason: None }),
-                8 if alive.is_some() => { alive = None; Input::Reaped { exit: ExitKind::Code(1) } }
+                6 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Connected { jid: None }),
+                7 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code: 440, reason: None }),
+                // Only a worker the loop knows is reaped (see `full_scan`).
+                8 if running && alive.is_some() => { alive = None; Input::Reaped { exit: ExitKind::Code(1) } }
                 9 if collect_pending => { collect_pending = false; Input::Ended { jitter: 0.0 } }
                 10 if quarantine_pending => { quarantine_pending = false; Input::Quarantined }
                 11 => { now += Duration::from_millis(25); Input::Tick }
+                12 if spawn_pending => {
+                    spawn_pending = false;
+                    Input::Spawned { pid: alive.expect("the spawner started it") }
+                }
                 _ => continue,
             };
             let cx = Context { policy: &policy, stop_timeout: Duration::from_millis(20), now };
@@ -189,12 +198,13 @@ proptest! {
                         }
                         Effect::Spawn => {
                             prop_assert!(alive.is_none(), "a second worker");
+                            prop_assert!(!spawn_pending, "a second spawn in flight");
                             prop_assert!(!collect_pending, "a spawn before the last worker was collected");
                             let preparing = matches!(session.phase, Phase::Preparing { cancelled: false });
                             prop_assert!(preparing, "a spawn outside Preparing");
                             spawns += 1;
                             alive = Some(spawns);
-                            queue.push(Input::Spawned { pid: spawns });
+                            spawn_pending = true;
                         }
                         Effect::Terminate | Effect::KillGroup => {
                             prop_assert!(alive.is_some(), "a signal to a reaped worker");
@@ -208,10 +218,13 @@ proptest! {
             // The phase says what the session waits for.
             match &session.phase {
                 Phase::Running(w) => prop_assert_eq!(Some(w.pid), alive),
-                Phase::Preparing { .. } => prop_assert!(prepare_pending && alive.is_none()),
+                Phase::Preparing { .. } => prop_assert!(
+                    (prepare_pending && alive.is_none()) || spawn_pending,
+                    "preparing, but neither a prepare job nor a spawn is in flight"
+                ),
                 Phase::Ending { .. } => prop_assert!(collect_pending && alive.is_none()),
                 Phase::Quarantining { .. } => prop_assert!(quarantine_pending && alive.is_none()),
-                Phase::Idle => prop_assert!(alive.is_none() && !prepare_pending),
+                Phase::Idle => prop_assert!(alive.is_none() && !prepare_pending && !spawn_pending),
             }
             prop_assert!(session.running().is_none() || session.state != State::Stopped);
         }

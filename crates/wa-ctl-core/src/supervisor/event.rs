@@ -17,6 +17,7 @@ use crate::protocol::WorkerEvent;
 use crate::session_lock::SessionLock;
 
 use super::signals::SignalEvent;
+use super::spawner::SpawnResult;
 
 /// A session's index in the supervisor's table.
 pub(super) type SlotId = usize;
@@ -64,6 +65,8 @@ pub(super) enum Event {
         slot: SlotId,
         result: Result<SessionLock, PrepareFailure>,
     },
+    /// The spawner thread started a worker (or could not).
+    Spawned(SpawnResult),
     /// A session's credentials were moved to quarantine (or could not be).
     Quarantined { slot: SlotId },
     /// The first step of an orphan sweep: this process's children.

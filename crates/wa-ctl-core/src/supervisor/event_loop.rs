@@ -25,7 +25,7 @@ use crate::control::{Request, Response, SessionUpdate};
 use crate::leftovers::Leftover;
 use crate::lifecycle::{Context, Effect, Input, Phase, State};
 use crate::policy::Jitter;
-use crate::process::{self, Spawner, WorkerSpec};
+use crate::process::{self, Spawner};
 use crate::protocol::WorkerEvent;
 use crate::session_id::SessionId;
 use crate::session_lock::SessionLocks;
@@ -38,6 +38,7 @@ use super::orphans::Sweeper;
 use super::signals::{SignalEvent, Signals};
 use super::slot::Slot;
 use super::spawn::{self, PREPARE_BATCH, PrepareRequest};
+use super::spawner::{SpawnRequest, SpawnResult, SpawnerThread};
 use super::status_file::StatusFile;
 use super::timers::Deadlines;
 use super::watcher;
@@ -71,6 +72,9 @@ const TIMER_BATCH: usize = 128;
 
 /// Sessions listed one by one in systemd's `STATUS=` line; more are counted.
 const SUMMARY_DETAIL: usize = 4;
+
+/// A session's worker arguments (after the program) and environment.
+type WorkerArgs = (Arc<[String]>, Arc<std::collections::BTreeMap<String, String>>);
 
 /// The number of [`Phase`] kinds, for the per-phase counts.
 const PHASES: usize = 5;
@@ -110,11 +114,23 @@ pub(super) struct EventLoop {
     slots: Vec<Slot>,
     ids: HashMap<String, SlotId>,
     tx: mpsc::Sender<Event>,
+    // Dropped before the spawner thread is joined: a result it is still
+    // sending then fails instead of waiting for a loop that is gone.
     rx: mpsc::Receiver<Event>,
     control_tx: mpsc::Sender<Event>,
     control_rx: mpsc::Receiver<Event>,
     jitter: Jitter,
-    spawner: Spawner,
+    /// Each session's worker arguments and environment, shared with the
+    /// spawner thread without a copy per spawn.
+    spawn_args: Vec<WorkerArgs>,
+    spawner: SpawnerThread,
+    /// Spawns handed to the spawner thread and not yet answered.
+    spawns_in_flight: usize,
+    /// Spawns held back while a full scan waits for the in-flight ones.
+    held_spawns: std::collections::VecDeque<SpawnRequest>,
+    /// A full scan is due but must wait until no spawn is in flight: it
+    /// would reap a new worker the loop has not heard of yet.
+    scan_waits_for_spawns: bool,
     locks: Arc<SessionLocks>,
     deadlines: Deadlines,
     sweeper: Sweeper,
@@ -146,8 +162,18 @@ pub(super) struct EventLoop {
 }
 
 impl EventLoop {
-    pub(super) fn new(config: Config, spawner: Spawner, locks: Arc<SessionLocks>) -> EventLoop {
+    pub(super) fn new(
+        config: Config,
+        spawner: Spawner,
+        locks: Arc<SessionLocks>,
+    ) -> std::io::Result<EventLoop> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let spawner = SpawnerThread::start(spawner, tx.clone())?;
+        let spawn_args = config
+            .sessions
+            .iter()
+            .map(|s| (Arc::from(&s.command[1..]), Arc::new(s.env.clone())))
+            .collect();
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let n = config.sessions.len();
         let slots = (0..n).map(|_| Slot::default()).collect();
@@ -163,7 +189,7 @@ impl EventLoop {
         let mut by_phase = [0; PHASES];
         by_phase[0] = n;
         let status_file = StatusFile::new(&config.supervisor.runtime_dir);
-        EventLoop {
+        Ok(EventLoop {
             deadlines: Deadlines::new(n),
             config,
             slots,
@@ -173,7 +199,11 @@ impl EventLoop {
             control_tx,
             control_rx,
             jitter: Jitter::seeded(seed),
+            spawn_args,
             spawner,
+            spawns_in_flight: 0,
+            held_spawns: std::collections::VecDeque::new(),
+            scan_waits_for_spawns: false,
             locks,
             sweeper: Sweeper::default(),
             status_file,
@@ -195,7 +225,7 @@ impl EventLoop {
             started_at: SystemTime::now(),
             notifier: Notifier::from_env(),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
-        }
+        })
     }
 
     /// Runs until every session is stopped after a shutdown.
@@ -372,6 +402,7 @@ impl EventLoop {
                 };
                 self.apply(slot, input);
             }
+            Event::Spawned(result) => self.spawned(result),
             Event::Quarantined { slot } => self.apply(slot, Input::Quarantined),
             Event::OrphansListed {
                 sweep,
@@ -535,6 +566,14 @@ impl EventLoop {
     /// Finds exited children without waiting, in slices of `REAP_BATCH`.
     fn full_scan(&mut self) {
         self.full_scan_at = None;
+        if self.spawns_in_flight > 0 {
+            // A worker whose spawn is not answered yet would look like an
+            // orphan, and be reaped unseen. Hold new spawns; the scan runs
+            // when the last answer is in.
+            self.scan_waits_for_spawns = true;
+            self.reap_more = false;
+            return;
+        }
         let started = Instant::now();
         let mut more = true;
         for _ in 0..REAP_BATCH {
@@ -809,7 +848,7 @@ impl EventLoop {
                 }
                 self.prepare_queue.push(idx);
             }
-            Effect::Spawn => return Some(self.spawn(idx)),
+            Effect::Spawn => return self.request_spawn(idx),
             Effect::Terminate => {
                 if let Some(worker) = slot.session.running() {
                     info!(session = %id, pgid = worker.pid, "sending SIGTERM to the worker's process group");
@@ -886,11 +925,11 @@ impl EventLoop {
         }
     }
 
-    fn spawn(&mut self, idx: SlotId) -> Input {
-        let jitter = self.jitter.sample();
+    /// Asks the spawner thread for a worker; the answer comes back as
+    /// `Event::Spawned`. Returns an input only when the program cannot be
+    /// found.
+    fn request_spawn(&mut self, idx: SlotId) -> Option<Input> {
         let session = &self.config.sessions[idx];
-        let id = &session.id;
-        let dir = self.config.session_dir(id);
         let base_dir = self.config.source.path().and_then(Path::parent);
         let slot = &mut self.slots[idx];
         let program = match slot.program.take() {
@@ -898,47 +937,95 @@ impl EventLoop {
             None => match process::resolve_program(&session.command[0], base_dir) {
                 Ok(p) => p,
                 Err(e) => {
-                    error!(session = %id, "{e}");
-                    return Input::SpawnFailed {
+                    error!(session = %session.id, "{e}");
+                    return Some(Input::SpawnFailed {
                         reason: e.to_string(),
-                        jitter,
-                    };
+                        jitter: self.jitter.sample(),
+                    });
                 }
             },
         };
-        let spec = WorkerSpec {
-            program: &program,
-            args: &session.command[1..],
-            session_id: id.as_str(),
-            session_dir: &dir,
-            env: &session.env,
-            pair_phone: slot.pair_phone.as_deref(),
-            cwd: base_dir.unwrap_or(Path::new("/")),
+        slot.generation += 1;
+        let (args, env) = &self.spawn_args[idx];
+        let request = SpawnRequest {
+            slot: idx,
+            generation: slot.generation,
+            program,
+            args: Arc::clone(args),
+            session_id: session.id.to_string(),
+            session_dir: self.config.session_dir(&session.id),
+            env: Arc::clone(env),
+            pair_phone: slot.pair_phone.clone(),
+            cwd: base_dir.unwrap_or(Path::new("/")).to_path_buf(),
         };
-        match self.spawner.spawn(&spec) {
+        if self.scan_waits_for_spawns {
+            self.held_spawns.push_back(request);
+        } else if self.spawner.spawn(request) {
+            self.spawns_in_flight += 1;
+        } else {
+            return Some(Input::SpawnFailed {
+                reason: "the spawner thread is gone".to_owned(),
+                jitter: self.jitter.sample(),
+            });
+        }
+        None
+    }
+
+    /// The spawner thread's answer.
+    fn spawned(&mut self, result: SpawnResult) {
+        self.spawns_in_flight -= 1;
+        let SpawnResult {
+            slot: idx,
+            generation,
+            program,
+            worker,
+        } = result;
+        let id = self.config.sessions[idx].id.clone();
+        let current = self.slots[idx].generation == generation
+            && matches!(self.slots[idx].session.phase, Phase::Preparing { .. });
+        match worker {
             Ok(worker) => {
-                slot.generation += 1;
-                self.workers.insert(worker.pid, (idx, slot.generation));
-                let (reaped_tx, reaped_rx) = oneshot::channel();
-                slot.reaped_tx = Some(reaped_tx);
-                info!(session = %id, pid = worker.pid, program = %program.display(), "worker spawned");
                 let pid = worker.pid;
-                slot.program = Some(program);
-                watcher::spawn(
-                    worker.events,
-                    idx,
-                    slot.generation,
-                    self.tx.clone(),
-                    reaped_rx,
-                );
-                Input::Spawned { pid }
+                // Known from now on, whatever happens next: the reaper
+                // finds it by pid.
+                self.workers.insert(pid, (idx, generation));
+                if !current {
+                    // Cannot happen: a session waits in `Preparing` for
+                    // its spawn. Never leave a worker nobody owns.
+                    error!(session = %id, pid, "a worker nobody waits for: ending it");
+                    let _ = process::signal_group(pid, Signal::SIGKILL);
+                } else {
+                    let slot = &mut self.slots[idx];
+                    let (reaped_tx, reaped_rx) = oneshot::channel();
+                    slot.reaped_tx = Some(reaped_tx);
+                    info!(session = %id, pid, program = %program.display(), "worker spawned");
+                    slot.program = Some(program);
+                    watcher::spawn(worker.events, idx, generation, self.tx.clone(), reaped_rx);
+                    self.apply(idx, Input::Spawned { pid });
+                }
             }
-            Err(e) => {
-                let reason = crate::error_chain(&e);
+            Err(reason) => {
                 error!(session = %id, program = %program.display(), "spawn failed: {reason}");
-                Input::SpawnFailed {
-                    reason: format!("spawn failed: {reason}"),
-                    jitter,
+                if current {
+                    let jitter = self.jitter.sample();
+                    self.apply(
+                        idx,
+                        Input::SpawnFailed {
+                            reason: format!("spawn failed: {reason}"),
+                            jitter,
+                        },
+                    );
+                }
+            }
+        }
+        if self.spawns_in_flight == 0 && self.scan_waits_for_spawns {
+            self.scan_waits_for_spawns = false;
+            self.full_scan();
+            while let Some(request) = self.held_spawns.pop_front() {
+                if self.spawner.spawn(request) {
+                    self.spawns_in_flight += 1;
+                } else {
+                    error!("the spawner thread is gone");
                 }
             }
         }

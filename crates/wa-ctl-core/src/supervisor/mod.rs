@@ -10,6 +10,7 @@
 //! - `signals`: signals turned into values;
 //! - `slot`: one session's machine, resources and waiting clients;
 //! - `spawn`: preparing a session (lock, leftovers) and quarantine, off the loop;
+//! - `spawner`: the thread that starts workers, so the loop never waits for one;
 //! - `watcher`: the per-worker task reading its events pipe;
 //! - `orphans`: ending what workers detached from their groups;
 //! - `control_server`: the control socket's connections;
@@ -23,6 +24,7 @@ mod orphans;
 mod signals;
 mod slot;
 mod spawn;
+mod spawner;
 mod status_file;
 mod timers;
 mod watcher;
@@ -238,7 +240,8 @@ fn run_inner(
             source,
         })?;
         let signals = signals::Signals::install().map_err(SupervisorError::Signals)?;
-        let mut event_loop = EventLoop::new(config, spawner, locks);
+        let mut event_loop =
+            EventLoop::new(config, spawner, locks).map_err(SupervisorError::Spawner)?;
         event_loop.run(listener, signals, only, ready).await;
         Ok(())
     });
