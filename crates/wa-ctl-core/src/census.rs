@@ -277,7 +277,17 @@ fn census(config: &Config, owned: &Owned, reach: Reach) -> Census {
         uid: nix::unistd::geteuid().as_raw(),
         sessions_root: config.supervisor.state_dir.join("sessions"),
     };
-    let rows = read_table(|comm| targets.kind(comm));
+    // The running supervisor named its workers: a pid it named that the
+    // process table lists is counted without reading its `stat` (with
+    // 1,000 sessions that is most of the table). `stop --all` reads them.
+    let named: std::collections::HashSet<u32> = match reach {
+        Reach::Candidates => owned.workers.iter().copied().collect(),
+        Reach::Everything => Default::default(),
+    };
+    let rows = read_table(
+        |comm| targets.kind(comm),
+        |pid| named.contains(&pid).then(|| owned.supervisor.unwrap_or(0)),
+    );
     count(
         &targets,
         owned,
@@ -299,8 +309,8 @@ fn count(
     read: impl Fn(&Row) -> Option<Details>,
 ) -> Census {
     let index: HashMap<u32, usize> = rows.iter().enumerate().map(|(i, r)| (r.pid, i)).collect();
-    let owned_process =
-        |row: &Row| Some(row.pid) == owned.supervisor || owned.workers.contains(&row.pid);
+    let workers: std::collections::HashSet<u32> = owned.workers.iter().copied().collect();
+    let owned_process = |row: &Row| Some(row.pid) == owned.supervisor || workers.contains(&row.pid);
     let wanted = |row: &Row| {
         row.live
             && row.pid != me
@@ -391,7 +401,7 @@ fn count(
             }
             continue;
         }
-        if owned.workers.contains(&row.pid) {
+        if workers.contains(&row.pid) {
             census.workers += 1;
             continue;
         }
@@ -414,7 +424,7 @@ fn count(
 }
 
 /// Pass 1: `stat` of every process, with `kind` made of its kernel name.
-fn read_table(kind: impl Fn(&str) -> Kind) -> Vec<Row> {
+fn read_table(kind: impl Fn(&str) -> Kind, named_worker: impl Fn(u32) -> Option<u32>) -> Vec<Row> {
     let (Ok(proc_dir), Ok(entries)) = (File::open("/proc"), std::fs::read_dir("/proc")) else {
         return Vec::new();
     };
@@ -427,6 +437,18 @@ fn read_table(kind: impl Fn(&str) -> Kind) -> Vec<Row> {
         else {
             continue;
         };
+        // A worker the supervisor named: its parent is that supervisor.
+        if let Some(ppid) = named_worker(pid) {
+            rows.push(Row {
+                pid,
+                ppid,
+                start_time: 0,
+                live: true,
+                kind: Kind::Worker,
+                details: None,
+            });
+            continue;
+        }
         // Gone since the directory was listed: not counted.
         let Some(stat) = read_stat(&proc_dir, pid) else {
             continue;

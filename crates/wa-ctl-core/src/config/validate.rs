@@ -100,10 +100,13 @@ pub(super) fn sessions(
 
     let raw_sessions = raw_sessions.unwrap_or_else(|| vec![RawSession::default()]);
     let mut sessions: Vec<SessionConfig> = Vec::with_capacity(raw_sessions.len());
+    // Ids seen so far: a set, so that 10,000 sessions are checked in O(n).
+    let mut seen: std::collections::HashSet<SessionId> =
+        std::collections::HashSet::with_capacity(raw_sessions.len());
     for s in raw_sessions {
         let id = match s.id {
             Some(id) => {
-                if sessions.iter().any(|o| o.id == *id.get_ref()) {
+                if !seen.insert(id.get_ref().clone()) {
                     return Err((
                         id.span(),
                         "session.id",
@@ -114,7 +117,7 @@ pub(super) fn sessions(
             }
             None => {
                 let default = SessionId::default_id();
-                if sessions.iter().any(|o| o.id == default) {
+                if !seen.insert(default.clone()) {
                     // No id was written, so there is no span to point at:
                     // the top of the file.
                     return Err((

@@ -74,7 +74,10 @@ const TIMER_BATCH: usize = 128;
 const SUMMARY_DETAIL: usize = 4;
 
 /// A session's worker arguments (after the program) and environment.
-type WorkerArgs = (Arc<[String]>, Arc<std::collections::BTreeMap<String, String>>);
+type WorkerArgs = (
+    Arc<[String]>,
+    Arc<std::collections::BTreeMap<String, String>>,
+);
 
 /// The number of [`Phase`] kinds, for the per-phase counts.
 const PHASES: usize = 5;

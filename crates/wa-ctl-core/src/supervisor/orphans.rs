@@ -8,8 +8,10 @@
 //! does in time linear in their number (about 8 ms with 10,000 workers). A
 //! sweep serves every session that waits at that moment, and the next one
 //! may start only after a pause proportional to what the last one cost (200
-//! times its listing time, at most a second): sweeping stays a small,
-//! bounded share of the supervisor's time however many sessions restart.
+//! times its listing time, at most a second) when that listing was
+//! expensive: sweeping stays a small, bounded share of the supervisor's time
+//! however many sessions restart, and adds nothing to a restart's latency
+//! while it is cheap.
 //! The listing is a read of this process's own `/proc` entry and waits on
 //! nobody; while it is cheap (under [`INLINE_LISTING`]) it runs on the loop,
 //! which spares a restart two thread switches, and once it is not, it runs
@@ -271,7 +273,14 @@ impl Sweeper {
 
     fn finish(&mut self) -> Vec<SlotId> {
         let sweep = self.current.take().expect("a sweep runs");
-        let pause = (sweep.cost * PAUSE_FACTOR).min(MAX_PAUSE);
+        // A cheap listing (a few hundred children) is made at once for each
+        // exit: pausing would add its length to every restart's latency for
+        // no measurable saving. An expensive one is paced.
+        let pause = if sweep.cost < INLINE_LISTING {
+            Duration::ZERO
+        } else {
+            (sweep.cost * PAUSE_FACTOR).min(MAX_PAUSE)
+        };
         self.next_allowed = Instant::now() + pause;
         sweep.slots
     }
