@@ -6,7 +6,7 @@
 //! The files of this folder, each with one responsibility:
 //!
 //! - `event_loop`: the loop, and the only code that changes session state;
-//! - `event`: the closed [`Event`](event::Event) enum everything reports with;
+//! - `event`: the closed `Event` enum everything reports with;
 //! - `signals`: signals turned into values;
 //! - `slot`: one session's machine, resources and waiting clients;
 //! - `spawn`: preparing a session (lock, leftovers) and quarantine, off the loop;
