@@ -145,6 +145,10 @@ pub(super) struct EventLoop {
     /// What the start-up scan found, until the first prepares have used it.
     startup_leftovers: Option<HashMap<PathBuf, Vec<Leftover>>>,
     scanning: bool,
+    /// Sessions started at start-up that have not yet been through their
+    /// first prepare (and spawn). Readiness is reported when none is left;
+    /// restarts of flapping sessions meanwhile do not hold it back.
+    starting_up: usize,
     ready_sent: bool,
     prepare_queue: Vec<SlotId>,
     touched: Vec<SlotId>,
@@ -215,6 +219,7 @@ impl EventLoop {
             by_phase,
             startup_leftovers: None,
             scanning: false,
+            starting_up: 0,
             ready_sent: false,
             prepare_queue: Vec::new(),
             touched: Vec::new(),
@@ -255,6 +260,8 @@ impl EventLoop {
                 .as_ref()
                 .is_none_or(|only| only.contains(&self.config.sessions[idx].id));
             if wanted {
+                self.slots[idx].starting_up = true;
+                self.starting_up += 1;
                 self.apply(idx, Input::Start);
             }
         }
@@ -263,7 +270,7 @@ impl EventLoop {
 
         loop {
             self.flush_prepares();
-            if !self.ready_sent && !self.scanning && self.by_phase[1] == 0 {
+            if !self.ready_sent && !self.scanning && self.starting_up == 0 {
                 self.ready_sent = true;
                 readiness.ready();
                 // Start-up (parsing, the process-table scan, the prepare
@@ -825,6 +832,11 @@ impl EventLoop {
                     queue.push_back(next);
                 }
             }
+        }
+        let slot = &mut self.slots[idx];
+        if slot.starting_up && !matches!(slot.session.phase, Phase::Preparing { .. }) {
+            slot.starting_up = false;
+            self.starting_up -= 1;
         }
         let session = &self.slots[idx].session;
         let after = (session.state, phase_index(&session.phase));

@@ -35,6 +35,9 @@ pub(super) struct Slot {
     /// The worker program, found once and kept until a spawn fails (it may
     /// have been moved or reinstalled).
     pub(super) program: Option<std::path::PathBuf>,
+    /// Started at start-up and not yet through its first prepare: readiness
+    /// waits for it.
+    pub(super) starting_up: bool,
 }
 
 impl Slot {
