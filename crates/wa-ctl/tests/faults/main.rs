@@ -40,7 +40,13 @@ fn signal(pid: u32, sig: Signal) {
 /// workers that state implies run: the process table, the session's
 /// `worker_pid` and the census in `status` agree (issue #8, section 6: this
 /// once passed with no worker at all).
-fn assert_recovers(env: &TestEnv, creds_expected: bool, live_state: &str) {
+fn assert_recovers(env: &TestEnv, supervisor: u32, creds_expected: bool, live_state: &str) {
+    // SIGKILL is delivered asynchronously: until every thread has gone, the
+    // supervisor still holds its lock and answers. The wait for its workers
+    // below passes at once when none exists yet, so wait for it first.
+    wait_until("the supervisor to die", DEADLINE, || {
+        (!alive(supervisor)).then_some(())
+    });
     wait_until(
         "the workers to die with the supervisor",
         Duration::from_secs(2),
@@ -116,9 +122,10 @@ fn sigkill_of_the_supervisor_while_starting() {
     let env = TestEnv::with_worker(&[&creds, "sleep=60s", "connect"], "");
     env.ok(&["start"]);
     env.wait_state("default", "starting");
-    signal(env.supervisor_pid(), Signal::SIGKILL);
+    let supervisor = env.supervisor_pid();
+    signal(supervisor, Signal::SIGKILL);
     // The new worker sleeps through its start-up again.
-    assert_recovers(&env, true, "starting");
+    assert_recovers(&env, supervisor, true, "starting");
 }
 
 /// A supervisor killed while its worker is connected leaves no worker, and a
@@ -129,8 +136,9 @@ fn sigkill_of_the_supervisor_while_connected() {
     let env = TestEnv::with_worker(&[&creds, "connect"], "");
     env.ok(&["start"]);
     env.wait_state("default", "connected");
-    signal(env.supervisor_pid(), Signal::SIGKILL);
-    assert_recovers(&env, true, "connected");
+    let supervisor = env.supervisor_pid();
+    signal(supervisor, Signal::SIGKILL);
+    assert_recovers(&env, supervisor, true, "connected");
 }
 
 /// A supervisor killed during a backoff leaves no worker, and a new start
@@ -144,8 +152,9 @@ fn sigkill_of_the_supervisor_during_backoff() {
     );
     env.ok(&["start"]);
     env.wait_state("default", "backoff");
-    signal(env.supervisor_pid(), Signal::SIGKILL);
-    assert_recovers(&env, true, "connected");
+    let supervisor = env.supervisor_pid();
+    signal(supervisor, Signal::SIGKILL);
+    assert_recovers(&env, supervisor, true, "connected");
 }
 
 /// A supervisor killed during a stop: the `stop` in progress returns, and a
@@ -173,7 +182,7 @@ fn sigkill_of_the_supervisor_during_a_stop() {
     signal(supervisor, Signal::SIGKILL);
     // The stop in progress returns: its supervisor is gone.
     stopper.wait("the stop to return after its supervisor died", DEADLINE);
-    assert_recovers(&env, true, "connected");
+    assert_recovers(&env, supervisor, true, "connected");
 }
 
 /// A supervisor killed around a logout's quarantine leaves the credentials
@@ -199,7 +208,7 @@ fn sigkill_of_the_supervisor_around_a_logout_quarantine() {
         });
         std::thread::sleep(Duration::from_millis(delay_ms));
         signal(supervisor, Signal::SIGKILL);
-        assert_recovers(&env, true, "connected");
+        assert_recovers(&env, supervisor, true, "connected");
     }
 }
 
