@@ -129,6 +129,28 @@ enum AfterStop {
     Start,
 }
 
+/// The longest `retry_after_s` honoured: a worker's wish cannot park a
+/// session for longer than this (30 days). Every duration is bounded.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A worker's `closed` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: Option<String>,
+    /// Not to be retried before this long after the worker ended.
+    pub retry_after: Option<Duration>,
+}
+
+/// Why the supervisor ended a worker that did not end by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hang {
+    /// No `qr`, `pair_code` or `connected` within `start_timeout`.
+    Start,
+    /// No `alive` within `heartbeat_timeout` of the last one.
+    Heartbeat,
+}
+
 /// The worker process a session owns, from spawn until it is collected.
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -136,11 +158,57 @@ pub struct Worker {
     pub spawned_at: Instant,
     pub connected_at: Option<Instant>,
     /// The last `closed` event: it decides the action when the worker exits.
-    pub close: Option<(u16, Option<String>)>,
+    pub close: Option<Close>,
     /// The worker reported that pairing expired.
     pub pairing_expired: bool,
+    /// It reported `qr`, `pair_code` or `connected`: `start_timeout` is over.
+    pub started: bool,
+    /// When it last sent `alive`; `None` if it never did (no heartbeat is
+    /// then expected of it).
+    pub last_alive: Option<Instant>,
+    /// The supervisor is ending it because it hung.
+    pub hung: Option<Hang>,
     /// Set once an operator or the shutdown has asked this worker to stop.
     stopping: Option<AfterStop>,
+}
+
+impl Worker {
+    fn new(pid: u32, now: Instant) -> Worker {
+        Worker {
+            pid,
+            spawned_at: now,
+            connected_at: None,
+            close: None,
+            pairing_expired: false,
+            started: false,
+            last_alive: None,
+            hung: None,
+            stopping: None,
+        }
+    }
+
+    /// When this worker counts as hung, and why: the earlier of the end of
+    /// `start_timeout` (until it started) and of `heartbeat_timeout` after
+    /// its last `alive` (once it sent one). A zero timeout is off.
+    fn hang_deadline(&self, policy: &Policy) -> Option<(Instant, Hang)> {
+        if self.stopping.is_some() || self.hung.is_some() {
+            return None;
+        }
+        let start = (!self.started && !policy.start_timeout.is_zero()).then(|| {
+            (
+                deadline_after(self.spawned_at, policy.start_timeout),
+                Hang::Start,
+            )
+        });
+        let beat = self
+            .last_alive
+            .filter(|_| !policy.heartbeat_timeout.is_zero())
+            .map(|t| (deadline_after(t, policy.heartbeat_timeout), Hang::Heartbeat));
+        match (start, beat) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// What holds the session's one worker place.
@@ -251,6 +319,20 @@ pub fn deadline_after(now: Instant, delay: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// The reason shown for a worker ended as hung.
+fn hang_reason(hang: Hang, policy: &Policy) -> String {
+    match hang {
+        Hang::Start => format!(
+            "no qr, pair_code or connected within start_timeout ({})",
+            humantime::format_duration(policy.start_timeout)
+        ),
+        Hang::Heartbeat => format!(
+            "no alive within heartbeat_timeout ({}) of the last one",
+            humantime::format_duration(policy.heartbeat_timeout)
+        ),
+    }
+}
+
 /// One session's state.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -269,6 +351,8 @@ pub struct Session {
     pub next_retry: Option<Instant>,
     /// When a stopping worker gets SIGKILL.
     pub kill_at: Option<Instant>,
+    /// When the running worker counts as hung (see [`Hang`]).
+    pub hang_at: Option<(Instant, Hang)>,
     /// The QR payload or pair code waiting to be used.
     pub pairing_code: Option<PairingCode>,
     pub jid: Option<String>,
@@ -295,6 +379,7 @@ impl Default for Session {
             last_action: None,
             next_retry: None,
             kill_at: None,
+            hang_at: None,
             pairing_code: None,
             jid: None,
         }
@@ -308,10 +393,15 @@ impl Session {
 
     /// The earliest deadline this session waits for, if any.
     pub fn deadline(&self) -> Option<Instant> {
-        match (self.next_retry, self.kill_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.next_retry, self.kill_at, self.hang_at.map(|(t, _)| t)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Recomputes when the running worker counts as hung.
+    fn update_hang(&mut self, policy: &Policy) {
+        self.hang_at = self.running().and_then(|w| w.hang_deadline(policy));
     }
 
     /// The running worker, while its process exists (not once it is reaped).
@@ -379,15 +469,9 @@ impl Session {
             Input::Spawned { pid } => match &self.phase {
                 Phase::Preparing { cancelled } => {
                     let cancelled = *cancelled;
-                    self.phase = Phase::Running(Worker {
-                        pid,
-                        spawned_at: cx.now,
-                        connected_at: None,
-                        close: None,
-                        pairing_expired: false,
-                        stopping: None,
-                    });
+                    self.phase = Phase::Running(Worker::new(pid, cx.now));
                     self.state = State::Starting;
+                    self.update_hang(cx.policy);
                     if cancelled {
                         // Not reached through `Prepared`, which never spawns
                         // a cancelled session; kept total for safety.
@@ -400,6 +484,7 @@ impl Session {
             },
             Input::Event(event) => {
                 self.on_event(event, cx.now);
+                self.update_hang(cx.policy);
                 vec![]
             }
             Input::Reaped { exit } => {
@@ -407,6 +492,7 @@ impl Session {
                     return vec![];
                 };
                 self.kill_at = None;
+                self.hang_at = None;
                 self.pairing_code = None;
                 self.state = State::Stopping;
                 self.phase = Phase::Ending { worker, exit };
@@ -418,13 +504,16 @@ impl Session {
                 else {
                     return vec![];
                 };
-                let (key, reason) = match (&worker.close, exit) {
-                    (Some((code, reason)), _) => (CloseKey::Code(*code), reason.clone()),
-                    (None, ExitKind::Code(0)) => (CloseKey::Exit, None),
-                    (None, ExitKind::Code(n)) => {
+                let (key, reason) = match (&worker.close, worker.hung, exit) {
+                    // What the worker said comes first: a worker that
+                    // reported 440 and then hung must not be reconnected.
+                    (Some(close), _, _) => (CloseKey::Code(close.code), close.reason.clone()),
+                    (None, Some(hang), _) => (CloseKey::Hang, Some(hang_reason(hang, cx.policy))),
+                    (None, None, ExitKind::Code(0)) => (CloseKey::Exit, None),
+                    (None, None, ExitKind::Code(n)) => {
                         (CloseKey::Crash, Some(format!("exited with status {n}")))
                     }
-                    (None, ExitKind::Signal(s)) => {
+                    (None, None, ExitKind::Signal(s)) => {
                         (CloseKey::Crash, Some(format!("killed by signal {s}")))
                     }
                 };
@@ -502,9 +591,11 @@ impl Session {
         self.next_retry = None;
         match &mut self.phase {
             Phase::Running(worker) => {
-                let first = worker.stopping.is_none();
+                // A worker already being ended as hung has had its SIGTERM.
+                let first = worker.stopping.is_none() && worker.hung.is_none();
                 worker.stopping = Some(after);
                 self.state = State::Stopping;
+                self.hang_at = None;
                 if first {
                     self.kill_at = Some(deadline_after(cx.now, cx.stop_timeout));
                     vec![Effect::Terminate]
@@ -549,6 +640,7 @@ impl Session {
         let shown = worker.stopping.is_none() && !reaped;
         match event {
             WorkerEvent::Qr { code } => {
+                worker.started = true;
                 if !reaped {
                     self.pairing_code = Some(PairingCode::Qr(code));
                 }
@@ -557,6 +649,7 @@ impl Session {
                 }
             }
             WorkerEvent::PairCode { code } => {
+                worker.started = true;
                 if !reaped {
                     self.pairing_code = Some(PairingCode::PairCode(code));
                 }
@@ -565,6 +658,7 @@ impl Session {
                 }
             }
             WorkerEvent::Connected { jid } => {
+                worker.started = true;
                 worker.connected_at.get_or_insert(now);
                 self.pairing_code = None;
                 self.jid = jid.or(self.jid.take());
@@ -572,8 +666,23 @@ impl Session {
                     self.state = State::Connected;
                 }
             }
-            WorkerEvent::Closed { code, reason } => worker.close = Some((code, reason)),
+            WorkerEvent::Closed {
+                code,
+                reason,
+                retry_after_s,
+            } => {
+                worker.close = Some(Close {
+                    code,
+                    reason,
+                    retry_after: retry_after_s.map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER)),
+                })
+            }
             WorkerEvent::PairingExpired => worker.pairing_expired = true,
+            WorkerEvent::Alive => {
+                if !reaped {
+                    worker.last_alive = Some(now);
+                }
+            }
         }
     }
 
@@ -600,7 +709,15 @@ impl Session {
             };
         }
 
-        if worker.as_ref().is_some_and(|w| w.pairing_expired) {
+        let action = cx.policy.action_for(key);
+        // `pairing_expired` and a `closed` code together (docs/worker-
+        // protocol.md, "Which close code counts"): a code whose action is
+        // `stop` or `logout` says more and wins (a 401 is quarantined, a 440
+        // stays visible); otherwise pairing expired wins, because a
+        // reconnect would only start a new QR loop nobody is watching.
+        let code_wins =
+            matches!(key, CloseKey::Code(_)) && matches!(action, Action::Stop | Action::Logout);
+        if worker.as_ref().is_some_and(|w| w.pairing_expired) && !code_wins {
             // Not a logout of paired credentials: there is nothing to
             // quarantine, and a new QR code loop helps nobody. `wa-ctl login`
             // starts pairing again.
@@ -618,7 +735,11 @@ impl Session {
             self.backoff_attempt = 0;
         }
 
-        let action = cx.policy.action_for(key);
+        let retry_after = worker
+            .as_ref()
+            .and_then(|w| w.close.as_ref())
+            .and_then(|c| c.retry_after)
+            .filter(|d| !d.is_zero());
         self.last_action = Some(action);
         match action {
             Action::Stop => {
@@ -646,11 +767,28 @@ impl Session {
                 }
                 self.restart_times.push_back(cx.now);
                 self.restarts = self.restarts.saturating_add(1);
-                if action == Action::Restart {
-                    return self.prepare();
-                }
-                let delay = cx.policy.backoff_delay(self.backoff_attempt, jitter);
-                self.backoff_attempt = self.backoff_attempt.saturating_add(1);
+                let delay = if action == Action::Restart {
+                    Duration::ZERO
+                } else {
+                    let delay = cx.policy.backoff_delay(self.backoff_attempt, jitter);
+                    self.backoff_attempt = self.backoff_attempt.saturating_add(1);
+                    delay
+                };
+                // The server said when: never sooner (a retry during a ban
+                // extends it).
+                let delay = match retry_after {
+                    Some(wait) => {
+                        let reason = self.last_reason.take();
+                        self.last_reason = Some(format!(
+                            "{}{}not retried for {} (retry_after_s)",
+                            reason.as_deref().unwrap_or(""),
+                            if reason.is_some() { "; " } else { "" },
+                            humantime::format_duration(wait)
+                        ));
+                        delay.max(wait)
+                    }
+                    None => delay,
+                };
                 if delay.is_zero() {
                     // No delay configured: no detour through the timer.
                     return self.prepare();
@@ -664,6 +802,21 @@ impl Session {
 
     fn tick(&mut self, cx: Context<'_>) -> Vec<Effect> {
         let mut effects = vec![];
+        if let Some((at, hang)) = self.hang_at
+            && at <= cx.now
+        {
+            self.hang_at = None;
+            if let Phase::Running(worker) = &mut self.phase
+                && worker.stopping.is_none()
+                && worker.hung.is_none()
+            {
+                // Ended like a stop, but the policy decides afterwards.
+                worker.hung = Some(hang);
+                self.state = State::Stopping;
+                self.kill_at = Some(deadline_after(cx.now, cx.stop_timeout));
+                effects.push(Effect::Terminate);
+            }
+        }
         if self.kill_at.is_some_and(|t| t <= cx.now) {
             self.kill_at = None;
             if matches!(self.phase, Phase::Running(_)) {
@@ -748,7 +901,11 @@ mod tests {
 
         fn exit_with(&mut self, code: Option<u16>, exit: ExitKind) -> Vec<Effect> {
             if let Some(code) = code {
-                self.feed(Input::Event(WorkerEvent::Closed { code, reason: None }));
+                self.feed(Input::Event(WorkerEvent::Closed {
+                    code,
+                    reason: None,
+                    retry_after_s: None,
+                }));
             }
             assert_eq!(self.feed(Input::Reaped { exit }), vec![Effect::Collect]);
             self.feed(Input::Ended { jitter: 0.0 })
@@ -809,6 +966,7 @@ mod tests {
         h.feed(Input::Event(WorkerEvent::Closed {
             code: 401,
             reason: None,
+            retry_after_s: None,
         }));
         h.feed(Input::Reaped {
             exit: ExitKind::Code(0),
@@ -1122,6 +1280,7 @@ mod tests {
         h.feed(Input::Event(WorkerEvent::Closed {
             code: 440,
             reason: None,
+            retry_after_s: None,
         }));
         assert_eq!(
             h.feed(Input::Ended { jitter: 0.0 }),
@@ -1139,5 +1298,195 @@ mod tests {
         assert_eq!(h.session.state, State::Locked);
         assert!(matches!(h.session.phase, Phase::Idle));
         assert_eq!(h.session.handle(Input::Start, cx), vec![Effect::Prepare]);
+    }
+
+    fn closed(code: u16, retry_after_s: Option<u64>) -> Input {
+        Input::Event(WorkerEvent::Closed {
+            code,
+            reason: Some("r".into()),
+            retry_after_s,
+        })
+    }
+
+    /// Ends the running worker as the supervisor would after a SIGTERM.
+    fn reap_and_end(h: &mut Harness) -> Vec<Effect> {
+        assert_eq!(
+            h.feed(Input::Reaped {
+                exit: ExitKind::Signal(15)
+            }),
+            vec![Effect::Collect]
+        );
+        h.feed(Input::Ended { jitter: 0.0 })
+    }
+
+    #[test]
+    fn a_silent_worker_is_ended_as_hung_after_start_timeout() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        let start_timeout = h.policy.start_timeout;
+        assert_eq!(h.advance(start_timeout - Duration::from_millis(1)), vec![]);
+        assert_eq!(h.session.state, State::Starting);
+        assert_eq!(h.advance(Duration::from_millis(1)), vec![Effect::Terminate]);
+        assert_eq!(h.session.state, State::Stopping);
+        // The grace period of a stop applies, then SIGKILL.
+        assert_eq!(h.advance(Duration::from_secs(10)), vec![Effect::KillGroup]);
+        assert_eq!(reap_and_end(&mut h), vec![]);
+        assert_eq!(h.session.last_close, Some(CloseKey::Hang));
+        assert_eq!(h.session.last_action, Some(Action::Reconnect));
+        assert_eq!(h.session.state, State::Backoff);
+        assert!(
+            h.session
+                .last_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("start_timeout")),
+            "{:?}",
+            h.session.last_reason
+        );
+    }
+
+    #[test]
+    fn a_qr_code_or_a_connection_ends_the_start_timeout() {
+        for event in [
+            WorkerEvent::Qr { code: "q".into() },
+            WorkerEvent::PairCode {
+                code: "ABCD-EFGH".into(),
+            },
+            WorkerEvent::Connected { jid: None },
+        ] {
+            let mut h = Harness::new(no_jitter());
+            h.feed(Input::Start);
+            h.feed(Input::Event(event));
+            assert_eq!(h.session.hang_at, None);
+            assert_eq!(h.advance(Duration::from_secs(3600)), vec![]);
+        }
+    }
+
+    #[test]
+    fn zero_timeouts_turn_the_hang_checks_off() {
+        let mut h = Harness::new(Policy {
+            start_timeout: Duration::ZERO,
+            heartbeat_timeout: Duration::ZERO,
+            ..no_jitter()
+        });
+        h.feed(Input::Start);
+        h.feed(Input::Event(WorkerEvent::Alive));
+        assert_eq!(h.session.deadline(), None);
+        assert_eq!(h.advance(Duration::from_secs(86_400)), vec![]);
+        assert_eq!(h.session.state, State::Starting);
+    }
+
+    #[test]
+    fn a_heartbeat_once_sent_must_go_on() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(Input::Event(WorkerEvent::Connected { jid: None }));
+        let beat = h.policy.heartbeat_timeout;
+        // Without a first `alive`, no heartbeat is expected.
+        assert_eq!(h.advance(beat * 3), vec![]);
+        h.feed(Input::Event(WorkerEvent::Alive));
+        for _ in 0..5 {
+            assert_eq!(h.advance(beat - Duration::from_secs(1)), vec![]);
+            h.feed(Input::Event(WorkerEvent::Alive));
+        }
+        assert_eq!(h.session.state, State::Connected);
+        assert_eq!(h.advance(beat), vec![Effect::Terminate]);
+        reap_and_end(&mut h);
+        assert_eq!(h.session.last_close, Some(CloseKey::Hang));
+        assert!(
+            h.session
+                .last_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("heartbeat_timeout"))
+        );
+    }
+
+    #[test]
+    fn a_close_code_reported_before_hanging_decides() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(closed(440, None));
+        assert_eq!(h.advance(h.policy.start_timeout), vec![Effect::Terminate]);
+        assert_eq!(reap_and_end(&mut h), vec![Effect::ReleaseLock]);
+        assert_eq!(h.session.last_close, Some(CloseKey::Code(440)));
+        assert_eq!(h.session.state, State::Stopped);
+    }
+
+    #[test]
+    fn an_operator_stop_of_a_hung_worker_is_a_stop() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        assert_eq!(h.advance(h.policy.start_timeout), vec![Effect::Terminate]);
+        // Already terminated: no second SIGTERM, and the stop wins.
+        assert_eq!(h.feed(Input::Stop), vec![]);
+        assert_eq!(reap_and_end(&mut h), vec![Effect::ReleaseLock]);
+        assert_eq!(h.session.state, State::Stopped);
+        assert_eq!(h.session.last_action, None);
+    }
+
+    #[test]
+    fn retry_after_is_never_undercut() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(closed(503, Some(3600)));
+        reap_and_end(&mut h);
+        assert_eq!(h.session.state, State::Backoff);
+        assert_eq!(
+            h.session.next_retry,
+            Some(h.now + Duration::from_secs(3600))
+        );
+        let reason = h.session.last_reason.clone().unwrap();
+        assert!(reason.starts_with("r; not retried for 1h"), "{reason}");
+        assert_eq!(h.advance(Duration::from_secs(3599)), vec![]);
+        assert_eq!(
+            h.advance(Duration::from_secs(1)),
+            vec![Effect::Prepare, Effect::Spawn]
+        );
+        // A backoff longer than the wish wins.
+        h.feed(closed(503, Some(0)));
+        reap_and_end(&mut h);
+        assert_eq!(h.session.next_retry, Some(h.now + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn retry_after_delays_a_restart_and_is_bounded() {
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(closed(515, Some(u64::MAX)));
+        assert_eq!(reap_and_end(&mut h), vec![]);
+        assert_eq!(h.session.state, State::Backoff);
+        assert_eq!(h.session.next_retry, Some(h.now + MAX_RETRY_AFTER));
+        // A stop action stays a stop.
+        let mut h = Harness::new(no_jitter());
+        h.feed(Input::Start);
+        h.feed(closed(402, Some(60)));
+        assert_eq!(reap_and_end(&mut h), vec![Effect::ReleaseLock]);
+        assert_eq!(h.session.state, State::Stopped);
+        assert_eq!(h.session.next_retry, None);
+    }
+
+    #[test]
+    fn pairing_expired_precedence() {
+        // (close code, state, action, quarantined)
+        let cases = [
+            (None, State::LoggedOut, Action::Stop, false),
+            (Some(408), State::LoggedOut, Action::Stop, false),
+            (Some(515), State::LoggedOut, Action::Stop, false),
+            (Some(401), State::LoggedOut, Action::Logout, true),
+            (Some(440), State::Stopped, Action::Stop, false),
+        ];
+        for (code, state, action, quarantined) in cases {
+            let mut h = Harness::new(no_jitter());
+            h.feed(Input::Start);
+            h.feed(Input::Event(WorkerEvent::PairingExpired));
+            let effects = h.exit_with(code, ExitKind::Code(0));
+            assert_eq!(h.session.state, state, "{code:?}");
+            assert_eq!(h.session.last_action, Some(action), "{code:?}");
+            assert_eq!(
+                effects.contains(&Effect::Quarantine),
+                quarantined,
+                "{code:?}"
+            );
+            assert_eq!(h.spawns, 1, "{code:?}: never retried");
+        }
     }
 }

@@ -52,6 +52,10 @@ pub enum CloseKey {
     Crash,
     /// Exited 0 without reporting a close code.
     Exit,
+    /// Ended by the supervisor without a close code because it hung: no
+    /// `qr`, `pair_code` or `connected` within `start_timeout`, or no
+    /// `alive` within `heartbeat_timeout` once it had sent one (issue #9).
+    Hang,
 }
 
 impl CloseKey {
@@ -60,6 +64,7 @@ impl CloseKey {
         match self {
             CloseKey::Crash => "worker crashed without a close code",
             CloseKey::Exit => "worker exited without a close code",
+            CloseKey::Hang => "worker hung: ended by the supervisor",
             CloseKey::Code(code) => code_meaning(code),
         }
     }
@@ -81,6 +86,7 @@ pub fn code_meaning(code: u16) -> &'static str {
         500 => "server error",
         503 => "service unavailable",
         515 => "restart required",
+        600 => "credential store unreadable",
         _ => "unknown close code",
     }
 }
@@ -91,6 +97,7 @@ impl fmt::Display for CloseKey {
             CloseKey::Code(c) => write!(f, "{c}"),
             CloseKey::Crash => f.write_str("crash"),
             CloseKey::Exit => f.write_str("exit"),
+            CloseKey::Hang => f.write_str("hang"),
         }
     }
 }
@@ -102,9 +109,10 @@ impl std::str::FromStr for CloseKey {
         match s {
             "crash" => Ok(CloseKey::Crash),
             "exit" => Ok(CloseKey::Exit),
+            "hang" => Ok(CloseKey::Hang),
             _ => s.parse::<u16>().map(CloseKey::Code).map_err(|_| {
                 format!(
-                    "`{s}` is not a close code: use a number from 0 to 65535, `crash` or `exit`"
+                    "`{s}` is not a close code: use a number from 0 to 65535, `crash`, `exit` or `hang`"
                 )
             }),
         }
@@ -196,6 +204,14 @@ pub struct Policy {
     pub max_restarts: u32,
     #[serde(serialize_with = "crate::config::ser_duration")]
     pub restart_window: Duration,
+    /// A worker that has reported neither `qr`, `pair_code` nor `connected`
+    /// this long after its spawn is ended as `hang`. Zero turns it off.
+    #[serde(serialize_with = "crate::config::ser_duration")]
+    pub start_timeout: Duration,
+    /// A worker that sent `alive` once and then nothing for this long is
+    /// ended as `hang`. Zero turns it off.
+    #[serde(serialize_with = "crate::config::ser_duration")]
+    pub heartbeat_timeout: Duration,
     /// Close code to action. Codes not listed here reconnect.
     pub codes: BTreeMap<CloseKey, Action>,
 }
@@ -217,7 +233,11 @@ pub const DEFAULT_CODES: &[(CloseKey, Action)] = &[
     (CloseKey::Code(428), Action::Reconnect),
     (CloseKey::Code(503), Action::Reconnect),
     (CloseKey::Code(515), Action::Restart),
+    // wa-ctl's own code: a worker's credential store cannot be read.
+    // Retrying cannot repair it, and the file is evidence: stop.
+    (CloseKey::Code(600), Action::Stop),
     (CloseKey::Crash, Action::Reconnect),
+    (CloseKey::Hang, Action::Reconnect),
     (CloseKey::Exit, Action::Stop),
 ];
 
@@ -234,6 +254,8 @@ impl Default for Policy {
             reset_after: Duration::from_secs(2 * 60),
             max_restarts: 10,
             restart_window: Duration::from_secs(10 * 60),
+            start_timeout: Duration::from_secs(90),
+            heartbeat_timeout: Duration::from_secs(60),
             codes: DEFAULT_CODES.iter().copied().collect(),
         }
     }

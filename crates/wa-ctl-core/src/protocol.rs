@@ -38,7 +38,16 @@ pub enum WorkerEvent {
         code: u16,
         #[serde(default)]
         reason: Option<String>,
+        /// The server said when to try again (a temporary ban, a rate
+        /// limit): the supervisor never retries before that many seconds
+        /// (issue #9; an extension of the documented fields).
+        #[serde(default)]
+        retry_after_s: Option<u64>,
     },
+    /// The worker is alive and its connection loop turns. A worker that
+    /// sends it once must send it at least every `heartbeat_timeout`, or it
+    /// is ended as hung (issue #9; an extension of the documented events).
+    Alive,
     /// Pairing timed out: every QR code expired unused. The session shows
     /// `logged_out` with the reason "pairing expired" and is not restarted
     /// until `wa-ctl login` (an extension of the four documented events).
@@ -158,15 +167,27 @@ mod tests {
             parse_line(br#"{"event":"closed","code":440,"reason":"conflict","extra":1}"#),
             Ok(WorkerEvent::Closed {
                 code: 440,
-                reason: Some("conflict".into())
+                reason: Some("conflict".into()),
+                retry_after_s: None,
             })
         );
+        assert_eq!(
+            parse_line(br#"{"event":"closed","code":402,"retry_after_s":3600}"#),
+            Ok(WorkerEvent::Closed {
+                code: 402,
+                reason: None,
+                retry_after_s: Some(3600),
+            })
+        );
+        assert_eq!(parse_line(br#"{"event":"alive"}"#), Ok(WorkerEvent::Alive));
         for bad in [
             &b"{"[..],
             b"null",
             br#"{"event":"dance"}"#,
             br#"{"event":"closed"}"#,
             br#"{"event":"closed","code":-1}"#,
+            br#"{"event":"closed","code":503,"retry_after_s":-5}"#,
+            br#"{"event":"closed","code":503,"retry_after_s":"60"}"#,
             b"\xff\xfe",
         ] {
             assert!(parse_line(bad).is_err(), "{bad:?}");

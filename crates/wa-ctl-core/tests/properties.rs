@@ -124,7 +124,7 @@ proptest! {
         step(&mut session, Input::Start, now, &mut spawns);
         for jitter in &jitters {
             if let Some(code) = code {
-                step(&mut session, Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code, reason: None }), now, &mut spawns);
+                step(&mut session, Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code, reason: None, retry_after_s: None }), now, &mut spawns);
             }
             step(&mut session, Input::Reaped { exit: ExitKind::Signal(9) }, now, &mut spawns);
             step(&mut session, Input::Ended { jitter: *jitter }, now, &mut spawns);
@@ -175,7 +175,7 @@ proptest! {
                 4 if prepare_pending => { prepare_pending = false; Input::LockBusy }
                 5 if prepare_pending => { prepare_pending = false; Input::PrepareFailed { reason: "x".into(), jitter: 0.0 } }
                 6 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Connected { jid: None }),
-                7 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code: 440, reason: None }),
+                7 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code: 440, reason: None, retry_after_s: None }),
                 // Only a worker the loop knows is reaped (see `full_scan`).
                 8 if running && alive.is_some() => { alive = None; Input::Reaped { exit: ExitKind::Code(1) } }
                 9 if collect_pending => { collect_pending = false; Input::Ended { jitter: 0.0 } }

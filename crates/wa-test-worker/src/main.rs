@@ -26,6 +26,8 @@
 //! | `daemon` | double-fork with `setsid`: a grandchild that leaves the group and ignores SIGTERM |
 //! | `write-file=NAME:TEXT` | write a file into the session directory |
 //! | `raw=TEXT` | write TEXT and a newline to the events fd as is |
+//! | `alive` | report `alive` once |
+//! | `alive=DURATION` | report `alive` now and then every DURATION, from a thread, while the script goes on |
 //! | `junk=KIND` | write `long` (a 100 KiB line), `huge` (a 10 MB line), `binary`, `flood` (100,000 events) or `million` (1,000,000 events) |
 //! | `@N:STEP` | run STEP only on the Nth spawn of this session (1-based) |
 //! | `@N+:STEP` | run STEP on the Nth spawn and every later one |
@@ -313,6 +315,24 @@ fn main() -> ExitCode {
                 }
             }
             "raw" => emit_line(&mut events, value.as_bytes()),
+            "alive" if value.is_empty() => emit_line(&mut events, br#"{"event":"alive"}"#),
+            "alive" => {
+                let every = match humantime::parse_duration(value) {
+                    Ok(d) => d,
+                    Err(e) => return fail(&format!("bad duration in {step}: {e}")),
+                };
+                let Ok(mut beat) = events.try_clone() else {
+                    return fail("cannot share the events fd with the heartbeat thread");
+                };
+                // A thread of its own: the script goes on, and a SIGSTOP of
+                // the process stops the heartbeat with it.
+                std::thread::spawn(move || {
+                    loop {
+                        emit_line(&mut beat, br#"{"event":"alive"}"#);
+                        std::thread::sleep(every);
+                    }
+                });
+            }
             "junk" => match value {
                 "long" => emit_line(&mut events, "x".repeat(100 * 1024).as_bytes()),
                 "huge" => emit_line(&mut events, "y".repeat(10 * 1024 * 1024).as_bytes()),

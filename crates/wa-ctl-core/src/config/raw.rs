@@ -64,6 +64,8 @@ pub(super) struct RawPolicy {
     pub(super) reset_after: Option<HumanDuration>,
     pub(super) max_restarts: Option<u32>,
     pub(super) restart_window: Option<HumanDuration>,
+    pub(super) start_timeout: Option<toml::Spanned<HumanDuration>>,
+    pub(super) heartbeat_timeout: Option<toml::Spanned<HumanDuration>>,
     pub(super) codes: Option<BTreeMap<CloseKey, Action>>,
 }
 

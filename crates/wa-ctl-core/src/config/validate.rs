@@ -71,6 +71,12 @@ pub(super) fn policy(raw: RawPolicy) -> Result<Policy, SpannedError> {
     if let Some(d) = raw.restart_window {
         p.restart_window = d.0;
     }
+    if let Some(d) = raw.start_timeout {
+        p.start_timeout = d.into_inner().0;
+    }
+    if let Some(d) = raw.heartbeat_timeout {
+        p.heartbeat_timeout = d.into_inner().0;
+    }
     if let Some(codes) = raw.codes {
         p.codes.extend(codes);
     }

@@ -506,7 +506,11 @@ impl EventLoop {
         let session = &self.slots[idx].session;
         let before = (session.state, session.pairing_code.is_some());
         let closed = match &event {
-            WorkerEvent::Closed { code, reason } => Some((*code, reason.clone())),
+            WorkerEvent::Closed {
+                code,
+                reason,
+                retry_after_s,
+            } => Some((*code, reason.clone(), *retry_after_s)),
             _ => None,
         };
         let what = match &event {
@@ -515,6 +519,7 @@ impl EventLoop {
             WorkerEvent::Connected { .. } => "worker connected",
             WorkerEvent::Closed { .. } => "worker reported close",
             WorkerEvent::PairingExpired => "worker reported that pairing expired",
+            WorkerEvent::Alive => "worker is alive",
         };
         self.apply(idx, Input::Event(event));
         let slot = &mut self.slots[idx];
@@ -523,8 +528,8 @@ impl EventLoop {
         }
         let s = &slot.session;
         let id = &self.config.sessions[idx].id;
-        if let Some((code, reason)) = closed {
-            info!(session = %id, code, reason = reason.as_deref().unwrap_or("-"), "{what}");
+        if let Some((code, reason, retry_after_s)) = closed {
+            info!(session = %id, code, reason = reason.as_deref().unwrap_or("-"), retry_after_s = ?retry_after_s, "{what}");
         } else if before != (s.state, s.pairing_code.is_some()) {
             info!(session = %id, state = %s.state, jid = %s.jid.as_deref().unwrap_or("-"), "{what}");
         } else {

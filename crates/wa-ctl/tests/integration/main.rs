@@ -6,6 +6,7 @@ mod harness;
 mod census;
 mod cli;
 mod guarantees;
+mod hangs;
 mod off_loop;
 mod policy;
 mod real_worker;
