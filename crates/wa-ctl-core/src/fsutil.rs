@@ -88,11 +88,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
+        // O_NOFOLLOW: the directory may be a worker's (a hold is written
+        // into the session directory); a planted symlink is not followed.
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(mode)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
@@ -147,6 +150,18 @@ pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EINVAL) => fs::rename(&next, path),
         Err(e) => Err(e.into()),
     }
+}
+
+/// FNV-1a, 64 bits: a fixed function, the same in every process and
+/// version. For identities (which session lock byte, which configuration
+/// text), never for security.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -275,8 +275,12 @@ pub enum Input {
     /// The reaped worker's last events were read and what it left outside
     /// its process group was ended: the policy may decide now.
     Ended { jitter: f64 },
-    /// The credentials were moved to quarantine (or could not be).
-    Quarantined,
+    /// The credentials were moved to quarantine, or could not be (`error`
+    /// says why; they stay where they were).
+    Quarantined { error: Option<String> },
+    /// Preparing found a hold a previous supervisor left (issue #9): the
+    /// session stays as it was, until an operator starts it.
+    Held(Hold),
     /// A deadline of this session's may have passed.
     Tick,
 }
@@ -301,6 +305,33 @@ pub enum Effect {
     Quarantine,
     /// Release the session lock: the session no longer runs here.
     ReleaseLock,
+    /// Persist this session's state, last close and time as a hold: it
+    /// ended in a state an operator must clear (`stopped` by the policy,
+    /// `logged_out`, `failed`), and a new supervisor must not undo that.
+    Hold,
+}
+
+/// A state an operator must clear, as persisted across supervisors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub state: State,
+    #[serde(with = "crate::policy::close_key_json", default)]
+    pub last_code: Option<CloseKey>,
+    #[serde(default)]
+    pub last_reason: Option<String>,
+    #[serde(default)]
+    pub last_action: Option<Action>,
+    /// When the session ended, in Unix milliseconds.
+    #[serde(default)]
+    pub at_ms: Option<u64>,
+}
+
+impl Hold {
+    /// Whether a session in `state` is held: only the states an operator
+    /// must clear.
+    pub fn holds(state: State) -> bool {
+        matches!(state, State::Stopped | State::LoggedOut | State::Failed)
+    }
 }
 
 /// The fixed facts a transition needs.
@@ -309,6 +340,8 @@ pub struct Context<'a> {
     pub policy: &'a Policy,
     pub stop_timeout: Duration,
     pub now: Instant,
+    /// The wall clock at `now`, for the times status shows.
+    pub wall: SystemTime,
 }
 
 /// `now + delay`, or a point so far away that it never comes: a deadline
@@ -347,6 +380,9 @@ pub struct Session {
     pub last_close: Option<CloseKey>,
     pub last_reason: Option<String>,
     pub last_action: Option<Action>,
+    /// When the last worker ended (wall clock: it is shown, and kept across
+    /// supervisors by a hold).
+    pub last_at: Option<SystemTime>,
     /// When a backoff ends.
     pub next_retry: Option<Instant>,
     /// When a stopping worker gets SIGKILL.
@@ -377,6 +413,7 @@ impl Default for Session {
             last_close: None,
             last_reason: None,
             last_action: None,
+            last_at: None,
             next_retry: None,
             kill_at: None,
             hang_at: None,
@@ -519,19 +556,48 @@ impl Session {
                 };
                 self.ended(key, reason, Some(worker), cx, jitter)
             }
-            Input::Quarantined => {
+            Input::Quarantined { error } => {
                 let Phase::Quarantining { then_start } = self.phase else {
                     return vec![];
                 };
                 self.phase = Phase::Idle;
+                if let Some(error) = error {
+                    // Shown, not only logged: the credentials are still live.
+                    let reason = self.last_reason.take();
+                    self.last_reason = Some(format!(
+                        "{}{}quarantine failed, credentials left in place: {error}",
+                        reason.as_deref().unwrap_or(""),
+                        if reason.is_some() { "; " } else { "" },
+                    ));
+                }
                 // The lock was on the directory now in quarantine's place;
                 // a new start takes it afresh.
                 let mut effects = vec![Effect::ReleaseLock];
                 if then_start {
                     effects.extend(self.start(cx, false));
+                } else {
+                    effects.push(Effect::Hold);
                 }
                 effects
             }
+            Input::Held(hold) => match &self.phase {
+                Phase::Preparing { .. } => {
+                    self.phase = Phase::Idle;
+                    self.state = if Hold::holds(hold.state) {
+                        hold.state
+                    } else {
+                        State::Stopped
+                    };
+                    self.last_close = hold.last_code;
+                    self.last_reason = hold.last_reason;
+                    self.last_action = hold.last_action;
+                    self.last_at = hold
+                        .at_ms
+                        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+                    vec![Effect::ReleaseLock]
+                }
+                _ => vec![],
+            },
             Input::Tick => self.tick(cx),
         }
     }
@@ -697,6 +763,7 @@ impl Session {
     ) -> Vec<Effect> {
         self.last_close = Some(key);
         self.last_reason = reason;
+        self.last_at = Some(cx.wall);
         self.pairing_code = None;
 
         if let Some(after) = worker.as_ref().and_then(|w| w.stopping) {
@@ -724,7 +791,7 @@ impl Session {
             self.last_reason = Some(PAIRING_EXPIRED.to_owned());
             self.last_action = Some(Action::Stop);
             self.state = State::LoggedOut;
-            return vec![Effect::ReleaseLock];
+            return vec![Effect::Hold, Effect::ReleaseLock];
         }
 
         let connected_for = worker
@@ -744,7 +811,7 @@ impl Session {
         match action {
             Action::Stop => {
                 self.state = State::Stopped;
-                vec![Effect::ReleaseLock]
+                vec![Effect::Hold, Effect::ReleaseLock]
             }
             Action::Logout => {
                 self.state = State::LoggedOut;
@@ -763,7 +830,7 @@ impl Session {
                 }
                 if self.restart_times.len() >= cx.policy.max_restarts as usize {
                     self.state = State::Failed;
-                    return vec![Effect::ReleaseLock];
+                    return vec![Effect::Hold, Effect::ReleaseLock];
                 }
                 self.restart_times.push_back(cx.now);
                 self.restarts = self.restarts.saturating_add(1);
@@ -865,6 +932,7 @@ mod tests {
                 policy: self.policy,
                 stop_timeout: Duration::from_secs(10),
                 now: self.now,
+                wall: SystemTime::UNIX_EPOCH,
             }
         }
 
@@ -884,7 +952,7 @@ mod tests {
                                 pid: 1000 + self.spawns,
                             });
                         }
-                        Effect::Quarantine => queue.push_back(Input::Quarantined),
+                        Effect::Quarantine => queue.push_back(Input::Quarantined { error: None }),
                         _ => {}
                     }
                 }
@@ -942,7 +1010,7 @@ mod tests {
         let mut h = Harness::new(no_jitter());
         h.feed(Input::Start);
         let e = h.exit_with(Some(440), ExitKind::Code(0));
-        assert_eq!(e, vec![Effect::ReleaseLock]);
+        assert_eq!(e, vec![Effect::Hold, Effect::ReleaseLock]);
         assert_eq!(h.session.state, State::Stopped);
         assert_eq!(h.session.last_close, Some(CloseKey::Code(440)));
         assert_eq!(h.session.last_action, Some(Action::Stop));
@@ -954,7 +1022,11 @@ mod tests {
         let mut h = Harness::new(no_jitter());
         h.feed(Input::Start);
         let e = h.exit_with(Some(401), ExitKind::Code(1));
-        assert_eq!(e, vec![Effect::Quarantine, Effect::ReleaseLock]);
+        assert_eq!(
+            e,
+            vec![Effect::Quarantine, Effect::ReleaseLock, Effect::Hold],
+            "held once the credentials are in quarantine"
+        );
         assert_eq!(h.session.state, State::LoggedOut);
         assert!(matches!(h.session.phase, Phase::Idle));
     }
@@ -980,7 +1052,7 @@ mod tests {
             "no spawn while the credentials move"
         );
         assert_eq!(
-            h.feed(Input::Quarantined),
+            h.feed(Input::Quarantined { error: None }),
             vec![Effect::ReleaseLock, Effect::Prepare, Effect::Spawn],
             "the lock of the old directory goes first, then a fresh start"
         );
@@ -1036,6 +1108,7 @@ mod tests {
             policy: h.policy,
             stop_timeout: Duration::MAX,
             now: h.now,
+            wall: SystemTime::UNIX_EPOCH,
         };
         let mut s = Session::new();
         s.handle(Input::Start, cx);
@@ -1257,7 +1330,7 @@ mod tests {
         h.feed(Input::Event(WorkerEvent::Qr { code: "q".into() }));
         h.feed(Input::Event(WorkerEvent::PairingExpired));
         let e = h.exit_with(None, ExitKind::Code(0));
-        assert_eq!(e, vec![Effect::ReleaseLock]);
+        assert_eq!(e, vec![Effect::Hold, Effect::ReleaseLock]);
         assert_eq!(h.session.state, State::LoggedOut);
         assert_eq!(h.session.last_reason.as_deref(), Some(PAIRING_EXPIRED));
         assert_eq!(h.session.pairing_code, None);
@@ -1284,7 +1357,7 @@ mod tests {
         }));
         assert_eq!(
             h.feed(Input::Ended { jitter: 0.0 }),
-            vec![Effect::ReleaseLock]
+            vec![Effect::Hold, Effect::ReleaseLock]
         );
         assert_eq!(h.session.last_close, Some(CloseKey::Code(440)));
     }
@@ -1406,7 +1479,10 @@ mod tests {
         h.feed(Input::Start);
         h.feed(closed(440, None));
         assert_eq!(h.advance(h.policy.start_timeout), vec![Effect::Terminate]);
-        assert_eq!(reap_and_end(&mut h), vec![Effect::ReleaseLock]);
+        assert_eq!(
+            reap_and_end(&mut h),
+            vec![Effect::Hold, Effect::ReleaseLock]
+        );
         assert_eq!(h.session.last_close, Some(CloseKey::Code(440)));
         assert_eq!(h.session.state, State::Stopped);
     }
@@ -1459,7 +1535,10 @@ mod tests {
         let mut h = Harness::new(no_jitter());
         h.feed(Input::Start);
         h.feed(closed(402, Some(60)));
-        assert_eq!(reap_and_end(&mut h), vec![Effect::ReleaseLock]);
+        assert_eq!(
+            reap_and_end(&mut h),
+            vec![Effect::Hold, Effect::ReleaseLock]
+        );
         assert_eq!(h.session.state, State::Stopped);
         assert_eq!(h.session.next_retry, None);
     }
@@ -1488,5 +1567,64 @@ mod tests {
             );
             assert_eq!(h.spawns, 1, "{code:?}: never retried");
         }
+    }
+
+    #[test]
+    fn a_hold_found_at_start_up_keeps_the_session_as_it_was() {
+        let mut h = Harness::new(no_jitter());
+        let cx = h.cx();
+        assert_eq!(h.session.handle(Input::Start, cx), vec![Effect::Prepare]);
+        let hold = Hold {
+            state: State::Stopped,
+            last_code: Some(CloseKey::Code(440)),
+            last_reason: Some("conflict".into()),
+            last_action: Some(Action::Stop),
+            at_ms: Some(1_000),
+        };
+        assert_eq!(
+            h.session.handle(Input::Held(hold), cx),
+            vec![Effect::ReleaseLock]
+        );
+        assert_eq!(h.session.state, State::Stopped);
+        assert_eq!(h.session.last_close, Some(CloseKey::Code(440)));
+        assert_eq!(
+            h.session.last_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1))
+        );
+        assert!(matches!(h.session.phase, Phase::Idle));
+        // An operator's start is a start.
+        assert_eq!(h.feed(Input::Start), vec![Effect::Prepare, Effect::Spawn]);
+    }
+
+    #[test]
+    fn a_failed_quarantine_is_shown() {
+        let mut h = Harness::new(no_jitter());
+        let cx = h.cx();
+        h.session.handle(Input::Start, cx);
+        h.session.handle(Input::Prepared, cx);
+        h.session.handle(Input::Spawned { pid: 7 }, cx);
+        h.session.handle(closed(401, None), cx);
+        h.session.handle(
+            Input::Reaped {
+                exit: ExitKind::Code(0),
+            },
+            cx,
+        );
+        assert_eq!(
+            h.session.handle(Input::Ended { jitter: 0.0 }, cx),
+            vec![Effect::Quarantine]
+        );
+        h.session.handle(
+            Input::Quarantined {
+                error: Some("No space left on device".into()),
+            },
+            cx,
+        );
+        assert_eq!(h.session.state, State::LoggedOut);
+        let reason = h.session.last_reason.clone().unwrap();
+        assert_eq!(
+            reason,
+            "r; quarantine failed, credentials left in place: No space left on device"
+        );
     }
 }

@@ -62,17 +62,71 @@ fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
         .open(path)
 }
 
-fn read_pid(file: &mut File) -> Option<u32> {
+fn read_text(file: &mut File) -> Option<String> {
     let mut text = String::new();
     file.seek(io::SeekFrom::Start(0)).ok()?;
-    file.read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    // A few lines; a planted huge file is not read whole.
+    file.take(64 * 1024).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    read_text(file)?.lines().next()?.trim().parse().ok()
+}
+
+/// What a supervisor writes into its lock file after its pid: the
+/// configuration it runs (issue #9), so that a CLI with another one can tell.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Owner {
+    pub pid: Option<u32>,
+    /// The configuration file, absolute; `None` for the embedded defaults.
+    pub config: Option<PathBuf>,
+    /// FNV-1a of the configuration text (see `Config::digest`).
+    pub digest: Option<u64>,
+}
+
+impl Owner {
+    fn parse(text: &str) -> Owner {
+        let mut lines = text.lines();
+        let pid = lines.next().and_then(|l| l.trim().parse().ok());
+        let mut owner = Owner {
+            pid,
+            ..Owner::default()
+        };
+        for line in lines {
+            match line.split_once('=') {
+                Some(("config", path)) if !path.is_empty() => {
+                    owner.config = Some(PathBuf::from(path))
+                }
+                Some(("digest", hex)) => owner.digest = u64::from_str_radix(hex, 16).ok(),
+                _ => {}
+            }
+        }
+        owner
+    }
+
+    fn render(&self) -> String {
+        let config = self
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        format!(
+            "{}\nconfig={config}\ndigest={:016x}\n",
+            self.pid.unwrap_or(0),
+            self.digest.unwrap_or(0)
+        )
+    }
 }
 
 impl SupervisorLock {
     /// Takes the lock in `runtime_dir` and writes our pid into it, or returns
     /// the pid of the supervisor that holds it.
-    pub fn acquire(runtime_dir: &Path) -> Result<Result<SupervisorLock, Option<u32>>, LockError> {
+    pub fn acquire(
+        runtime_dir: &Path,
+        config: Option<&Path>,
+        digest: u64,
+    ) -> Result<Result<SupervisorLock, Option<u32>>, LockError> {
         let path = runtime_dir.join(LOCK_FILE);
         let err = |source| LockError {
             path: path.clone(),
@@ -90,7 +144,13 @@ impl SupervisorLock {
                 Ok(()) => {
                     file.set_len(0).map_err(err)?;
                     file.seek(io::SeekFrom::Start(0)).map_err(err)?;
-                    writeln!(file, "{}", std::process::id()).map_err(err)?;
+                    let owner = Owner {
+                        pid: Some(std::process::id()),
+                        config: config.map(Path::to_path_buf),
+                        digest: Some(digest),
+                    };
+                    // One write: a reader sees the pid line whole or nothing.
+                    file.write_all(owner.render().as_bytes()).map_err(err)?;
                     return Ok(Ok(SupervisorLock { _file: file }));
                 }
                 Err(TryLockError::Error(e)) => return Err(err(e)),
@@ -129,6 +189,24 @@ impl SupervisorLock {
         }
     }
 
+    /// Who holds the lock in `runtime_dir`, and with which configuration:
+    /// `None` when nobody does.
+    pub fn owner(runtime_dir: &Path) -> Result<Option<Owner>, LockError> {
+        let path = runtime_dir.join(LOCK_FILE);
+        let mut file = match open_lock_file(&path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(LockError { path, source }),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(TryLockError::WouldBlock) => Ok(Some(
+                read_text(&mut file).map_or_else(Owner::default, |t| Owner::parse(&t)),
+            )),
+            Err(TryLockError::Error(source)) => Err(LockError { path, source }),
+        }
+    }
+
     /// Waits until no supervisor holds the lock in `runtime_dir`, up to
     /// `timeout`. Returns whether it was released. It blocks in the kernel on
     /// the lock itself: no polling.
@@ -153,6 +231,36 @@ impl SupervisorLock {
     }
 }
 
+/// Whether process `pid` holds the supervisor lock in `runtime_dir` with an
+/// exclusive `flock`: one of its descriptors is the lock file, and the
+/// kernel lists a write lock on it (`/proc/<pid>/fdinfo`). What `stop
+/// --force` checks before it kills a supervisor that does not answer, so
+/// that a recycled pid is never signalled.
+pub fn holds_lock(pid: u32, runtime_dir: &Path) -> io::Result<bool> {
+    let lock_path = runtime_dir.join(LOCK_FILE);
+    let lock_path = std::fs::canonicalize(&lock_path).unwrap_or(lock_path);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target != lock_path {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))?;
+        if info
+            .lines()
+            .any(|l| l.starts_with("lock:") && l.contains("FLOCK") && l.contains("WRITE"))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,7 +272,17 @@ mod tests {
             SupervisorLock::probe(tmp.path()).unwrap(),
             Probe::NotRunning
         );
-        let held = SupervisorLock::acquire(tmp.path()).unwrap().unwrap();
+        let held = SupervisorLock::acquire(tmp.path(), Some(Path::new("/etc/a.toml")), 0xab)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            SupervisorLock::owner(tmp.path()).unwrap(),
+            Some(Owner {
+                pid: Some(std::process::id()),
+                config: Some(PathBuf::from("/etc/a.toml")),
+                digest: Some(0xab),
+            })
+        );
         assert_eq!(
             SupervisorLock::probe(tmp.path()).unwrap(),
             Probe::Running {
@@ -172,11 +290,16 @@ mod tests {
             }
         );
         assert_eq!(
-            SupervisorLock::acquire(tmp.path()).unwrap().unwrap_err(),
+            SupervisorLock::acquire(tmp.path(), None, 0)
+                .unwrap()
+                .unwrap_err(),
             Some(std::process::id())
         );
         assert!(!SupervisorLock::wait_released(tmp.path(), Duration::from_millis(50)).unwrap());
+        assert!(holds_lock(std::process::id(), tmp.path()).unwrap());
+        assert!(!holds_lock(std::process::id(), Path::new("/tmp")).unwrap());
         drop(held);
+        assert!(!holds_lock(std::process::id(), tmp.path()).unwrap());
         assert!(SupervisorLock::wait_released(tmp.path(), Duration::from_secs(5)).unwrap());
         assert_eq!(
             SupervisorLock::probe(tmp.path()).unwrap(),
@@ -191,14 +314,20 @@ mod tests {
         probe.lock_shared().unwrap();
         let started = std::time::Instant::now();
         assert_eq!(
-            SupervisorLock::acquire(tmp.path()).unwrap().unwrap_err(),
+            SupervisorLock::acquire(tmp.path(), None, 0)
+                .unwrap()
+                .unwrap_err(),
             None
         );
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(50), "{waited:?}");
         assert!(waited < Duration::from_secs(5), "{waited:?}");
         drop(probe);
-        assert!(SupervisorLock::acquire(tmp.path()).unwrap().is_ok());
+        assert!(
+            SupervisorLock::acquire(tmp.path(), None, 0)
+                .unwrap()
+                .is_ok()
+        );
     }
 
     #[test]
@@ -209,6 +338,10 @@ mod tests {
             SupervisorLock::probe(tmp.path()).unwrap(),
             Probe::NotRunning
         );
-        assert!(SupervisorLock::acquire(tmp.path()).unwrap().is_ok());
+        assert!(
+            SupervisorLock::acquire(tmp.path(), None, 0)
+                .unwrap()
+                .is_ok()
+        );
     }
 }

@@ -69,11 +69,7 @@ pub struct LockSlot {
 /// The lock byte that stands for `id`, from FNV-1a of the id: a fixed
 /// function, so every supervisor and every version agrees on it.
 pub fn slot_of(id: &SessionId) -> LockSlot {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in id.as_str().bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = crate::fsutil::fnv1a(id.as_str().as_bytes());
     LockSlot {
         shard: (hash % SHARDS as u64) as usize,
         // Below 2^58, so that offset + 1 never overflows an off_t.

@@ -9,14 +9,14 @@
 //! lock is held: after a crash the record is stale and the report says
 //! "not running".
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::census::Census;
 use crate::config::Config;
-use crate::lifecycle::{PairingCode, State};
+use crate::lifecycle::{Hold, PairingCode, State};
 use crate::lock::Probe;
 use crate::policy::{Action, CloseKey, close_key_json};
 
@@ -59,6 +59,9 @@ pub struct SessionRecord {
     pub last_code: Option<CloseKey>,
     pub last_reason: Option<String>,
     pub last_action: Option<Action>,
+    /// When the last worker ended.
+    #[serde(default)]
+    pub last_at_ms: Option<u64>,
     pub next_retry_at_ms: Option<u64>,
     pub worker_started_at_ms: Option<u64>,
     pub connected_at_ms: Option<u64>,
@@ -85,6 +88,14 @@ pub struct StatusReport {
     /// the process table.
     #[serde(default)]
     pub processes: Census,
+    /// Extension (issue #9): set when the state cannot be known (the
+    /// supervisor holds the lock and does not answer); `status` exits 4.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Extension (issue #9): the running supervisor's configuration,
+    /// compared with this CLI's; `null` when none runs.
+    #[serde(default)]
+    pub config: Option<ConfigMatch>,
 }
 
 /// One session of `wa-ctl status --json`. The first eight fields are the
@@ -107,6 +118,15 @@ pub struct SessionReport {
     pub last_reason: Option<String>,
     /// Extension: the account, once connected.
     pub jid: Option<String>,
+    /// Extension (issue #9): when the last worker ended, RFC 3339 in UTC.
+    /// Kept across supervisors for a held session.
+    #[serde(default)]
+    pub last_at: Option<String>,
+}
+
+/// A Unix time in milliseconds as RFC 3339 in UTC, to the second.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 fn seconds(ms: u64) -> f64 {
@@ -132,43 +152,105 @@ impl SessionReport {
             last_meaning: r.last_code.map(|k| k.meaning().to_owned()),
             last_reason: r.last_reason,
             jid: r.jid,
+            last_at: r.last_at_ms.map(rfc3339),
         }
     }
 
-    fn without_record(id: String, supervisor_holds_lock: bool) -> SessionReport {
+    /// A configured session when no supervisor runs: `stopped`, or the
+    /// state a hold on disk keeps it in, with its last close.
+    fn not_running(id: String, hold: Option<Hold>) -> SessionReport {
+        let hold = hold.unwrap_or(Hold {
+            state: State::Stopped,
+            last_code: None,
+            last_reason: None,
+            last_action: None,
+            at_ms: None,
+        });
         SessionReport {
             id,
-            // A supervisor that holds the lock but has no record yet is
-            // starting its sessions.
-            state: if supervisor_holds_lock {
-                State::Starting
-            } else {
-                State::Stopped
-            },
+            state: hold.state,
             worker_pid: None,
             restarts: 0,
-            last_code: None,
-            last_action: None,
+            last_code: hold.last_code,
+            last_action: hold.last_action,
             next_retry_s: None,
             uptime_s: None,
-            last_meaning: None,
-            last_reason: None,
+            last_meaning: hold.last_code.map(|k| k.meaning().to_owned()),
+            last_reason: hold.last_reason,
             jid: None,
+            last_at: hold.at_ms.map(rfc3339),
+        }
+    }
+}
+
+/// Whether the running supervisor answered the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// It answered (or none runs).
+    Live,
+    /// It holds the lock but did not answer; why.
+    NoAnswer(String),
+}
+
+/// `status --json`'s `"config"` (an extension, issue #9): the configuration
+/// the running supervisor runs, compared with the one this CLI read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMatch {
+    /// The supervisor's configuration file; `null` for the embedded
+    /// defaults, or when it does not say.
+    pub path: Option<PathBuf>,
+    /// It is the same file as this CLI's.
+    pub same_file: bool,
+    /// Its text is the same as this CLI's (false when it does not say).
+    pub same_content: bool,
+}
+
+impl ConfigMatch {
+    pub fn same(path: Option<PathBuf>) -> Self {
+        ConfigMatch {
+            path,
+            same_file: true,
+            same_content: true,
+        }
+    }
+    pub fn changed(path: Option<PathBuf>) -> Self {
+        ConfigMatch {
+            path,
+            same_file: true,
+            same_content: false,
+        }
+    }
+    pub fn foreign(path: Option<PathBuf>) -> Self {
+        ConfigMatch {
+            path,
+            same_file: false,
+            same_content: false,
+        }
+    }
+    pub fn unknown() -> Self {
+        ConfigMatch {
+            path: None,
+            same_file: false,
+            same_content: false,
         }
     }
 }
 
 impl StatusReport {
-    /// Builds the report from what the lock and the supervisor's record say.
+    /// Builds the report from what the lock, the supervisor's answer and
+    /// the record say. It never invents a state (issue #9):
     ///
-    /// A record trusted (its writer holds the lock now) gives the sessions
-    /// the running supervisor runs, in its order; otherwise the configured
-    /// sessions are listed, `stopped`, or `starting` while a supervisor
-    /// holds the lock but has no record yet.
+    /// - a supervisor that answered: the sessions it runs, in its order;
+    /// - none running: the configured sessions, `stopped`, or as a hold
+    ///   left on disk keeps them;
+    /// - one that holds the lock and did not answer: `error` says so, and
+    ///   the sessions are those of its status file if that is whole and its
+    ///   own, or none.
     pub fn build(
         config: &Config,
         probe: Probe,
         record: Option<StatusRecord>,
+        answer: Answer,
         now: SystemTime,
     ) -> StatusReport {
         let now_ms = unix_ms(now);
@@ -178,23 +260,49 @@ impl StatusReport {
         };
         // The record tells the truth only if its writer holds the lock now.
         let record = record.filter(|r| probe != Probe::NotRunning && pid == Some(r.pid));
-        let sessions = match record {
-            Some(record) => record
-                .sessions
-                .into_iter()
-                .map(|r| SessionReport::from_record(r, now_ms))
-                .collect(),
-            None => config
+        let mut error = None;
+        let sessions = match (probe, record) {
+            (Probe::NotRunning, _) => config
                 .sessions
                 .iter()
-                .map(|s| SessionReport::without_record(s.id.to_string(), pid.is_some()))
+                .map(|s| {
+                    let hold = crate::supervisor::read_hold(&config.session_dir(&s.id));
+                    SessionReport::not_running(s.id.to_string(), hold)
+                })
                 .collect(),
+            (Probe::Running { .. }, Some(record)) => {
+                if let Answer::NoAnswer(why) = &answer {
+                    error = Some(format!(
+                        "{why}; the sessions shown are from {} written {:.1}s ago, not live",
+                        config.supervisor.runtime_dir.join(STATUS_FILE).display(),
+                        seconds(now_ms.saturating_sub(record.made_at_ms))
+                    ));
+                }
+                record
+                    .sessions
+                    .into_iter()
+                    .map(|r| SessionReport::from_record(r, now_ms))
+                    .collect()
+            }
+            (Probe::Running { .. }, None) => {
+                let why = match &answer {
+                    Answer::NoAnswer(why) => why.clone(),
+                    Answer::Live => "the supervisor gave no status".to_owned(),
+                };
+                error = Some(format!(
+                    "{why}; its status file {} is missing, unreadable or not its own: no session can be shown",
+                    config.supervisor.runtime_dir.join(STATUS_FILE).display()
+                ));
+                Vec::new()
+            }
         };
         StatusReport {
             running: probe != Probe::NotRunning,
             pid,
             sessions,
             processes: Census::default(),
+            error,
+            config: None,
         }
     }
 
@@ -205,6 +313,23 @@ impl StatusReport {
             (true, Some(pid)) => out.push_str(&format!("wa-ctl: running (pid {pid})\n")),
             (true, None) => out.push_str("wa-ctl: running\n"),
             (false, _) => out.push_str("wa-ctl: not running\n"),
+        }
+        if let Some(error) = &self.error {
+            out.push_str(&format!("UNKNOWN: {error}\n"));
+        }
+        match &self.config {
+            Some(c) if !c.same_file => out.push_str(&format!(
+                "NOTE: the running supervisor runs another configuration ({}): \
+                 this file's sessions are not what it runs\n",
+                c.path
+                    .as_ref()
+                    .map_or_else(|| "not said".to_owned(), |p| p.display().to_string())
+            )),
+            Some(c) if !c.same_content => out.push_str(
+                "NOTE: the configuration file changed since the supervisor read it: \
+                 `wa-ctl restart` applies the change\n",
+            ),
+            _ => {}
         }
         let header = [
             "SESSION",
@@ -312,6 +437,7 @@ mod tests {
                 last_code: Some(CloseKey::Code(408)),
                 last_reason: None,
                 last_action: Some(Action::Reconnect),
+                last_at_ms: None,
                 next_retry_at_ms: Some(12_500),
                 worker_started_at_ms: None,
                 connected_at_ms: None,
@@ -328,6 +454,7 @@ mod tests {
             &config(),
             Probe::Running { pid: Some(7) },
             Some(record(7)),
+            Answer::Live,
             now,
         );
         assert!(r.running);
@@ -347,7 +474,13 @@ mod tests {
     #[test]
     fn stale_record_is_not_trusted() {
         let now = UNIX_EPOCH + Duration::from_millis(10_000);
-        let r = StatusReport::build(&config(), Probe::NotRunning, Some(record(7)), now);
+        let r = StatusReport::build(
+            &config(),
+            Probe::NotRunning,
+            Some(record(7)),
+            Answer::Live,
+            now,
+        );
         assert!(!r.running);
         assert_eq!(r.pid, None);
         assert!(
@@ -360,10 +493,43 @@ mod tests {
             &config(),
             Probe::Running { pid: Some(8) },
             Some(record(7)),
+            Answer::Live,
             now,
         );
-        assert_eq!(r.sessions[0].state, State::Starting);
-        assert_eq!(r.sessions.len(), 2);
+        // Issue #9: never a made-up `starting`; the state is unknown.
+        assert!(r.sessions.is_empty(), "{:?}", r.sessions);
+        assert!(r.error.is_some());
+    }
+
+    #[test]
+    fn a_supervisor_that_does_not_answer_is_unknown() {
+        let now = UNIX_EPOCH + Duration::from_millis(10_000);
+        // Its own whole file is shown, marked as not live.
+        let r = StatusReport::build(
+            &config(),
+            Probe::Running { pid: Some(7) },
+            Some(record(7)),
+            Answer::NoAnswer("no answer".into()),
+            now,
+        );
+        let error = r.error.clone().unwrap();
+        assert!(
+            error.starts_with("no answer; the sessions shown are from"),
+            "{error}"
+        );
+        assert!(error.contains("written 1.0s ago"), "{error}");
+        assert_eq!(r.sessions.len(), 1);
+        assert!(r.render_text().contains("UNKNOWN: no answer"));
+        // Without a file, nothing is shown.
+        let r = StatusReport::build(
+            &config(),
+            Probe::Running { pid: Some(7) },
+            None,
+            Answer::NoAnswer("no answer".into()),
+            now,
+        );
+        assert!(r.sessions.is_empty());
+        assert!(r.error.unwrap().contains("no session can be shown"));
     }
 
     #[test]
@@ -373,6 +539,7 @@ mod tests {
             &config(),
             Probe::Running { pid: Some(7) },
             Some(record(7)),
+            Answer::Live,
             now,
         );
         let v = serde_json::to_value(&r).unwrap();

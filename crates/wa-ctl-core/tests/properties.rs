@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use wa_ctl_core::config::{Config, ConfigSource, Environment};
-use wa_ctl_core::lifecycle::{Context, Effect, ExitKind, Input, Phase, Session, State};
+use wa_ctl_core::lifecycle::{Context, Effect, ExitKind, Hold, Input, Phase, Session, State};
 use wa_ctl_core::policy::Policy;
 use wa_ctl_core::protocol::{LineSplitter, MAX_LINE, parse_line};
 
@@ -106,7 +106,7 @@ proptest! {
         let mut session = Session::new();
         let mut spawns = 0u32;
         let step = |session: &mut Session, input: Input, now: Instant, spawns: &mut u32| {
-            let cx = Context { policy: &policy, stop_timeout: Duration::from_secs(1), now };
+            let cx = Context { policy: &policy, stop_timeout: Duration::from_secs(1), now, wall: std::time::SystemTime::UNIX_EPOCH };
             let mut queue = vec![input];
             while let Some(input) = queue.pop() {
                 for effect in session.handle(input, cx) {
@@ -148,7 +148,7 @@ proptest! {
     /// has two workers, never spawns outside `Preparing`, and never signals
     /// a reaped worker.
     #[test]
-    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..13, 1..200)) {
+    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..17, 1..200)) {
         let policy = Policy {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
@@ -179,15 +179,24 @@ proptest! {
                 // Only a worker the loop knows is reaped (see `full_scan`).
                 8 if running && alive.is_some() => { alive = None; Input::Reaped { exit: ExitKind::Code(1) } }
                 9 if collect_pending => { collect_pending = false; Input::Ended { jitter: 0.0 } }
-                10 if quarantine_pending => { quarantine_pending = false; Input::Quarantined }
+                10 if quarantine_pending => { quarantine_pending = false; Input::Quarantined { error: None } }
                 11 => { now += Duration::from_millis(25); Input::Tick }
+                // Issue #9: a hold found by the prepare, a hung worker's
+                // heartbeat, a ban's retry time.
+                13 if prepare_pending => {
+                    prepare_pending = false;
+                    Input::Held(Hold { state: State::Stopped, last_code: None, last_reason: None, last_action: None, at_ms: None })
+                }
+                14 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Alive),
+                15 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code: 503, reason: None, retry_after_s: Some(0) }),
+                16 => { now += Duration::from_secs(120); Input::Tick }
                 12 if spawn_pending => {
                     spawn_pending = false;
                     Input::Spawned { pid: alive.expect("the spawner started it") }
                 }
                 _ => continue,
             };
-            let cx = Context { policy: &policy, stop_timeout: Duration::from_millis(20), now };
+            let cx = Context { policy: &policy, stop_timeout: Duration::from_millis(20), now, wall: std::time::SystemTime::UNIX_EPOCH };
             let mut queue = vec![input];
             while let Some(input) = queue.pop() {
                 for effect in session.handle(input, cx) {
@@ -212,6 +221,7 @@ proptest! {
                         Effect::Collect => collect_pending = true,
                         Effect::Quarantine => quarantine_pending = true,
                         Effect::ReleaseLock => {}
+                        Effect::Hold => prop_assert!(Hold::holds(session.state), "a hold of {}", session.state),
                     }
                 }
             }

@@ -18,7 +18,7 @@ $XDG_CONFIG_HOME/wa-ctl/wa-ctl.toml, else the embedded defaults. `wa-ctl check` 
 effective configuration.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error,
-3 `status`: not running.
+3 `status`: not running, 4 `status`: unknown (the supervisor does not answer).
 
 Examples:
   wa-ctl start                 start the supervisor and every session
@@ -62,18 +62,29 @@ pub enum Command {
         /// SIGTERM, then SIGKILL after stop_timeout; only exact matches.
         #[arg(long, conflicts_with = "id")]
         all: bool,
+        /// Stop a supervisor that runs another configuration on this
+        /// runtime_dir; and one that does not answer (frozen, e.g. by
+        /// SIGSTOP): once it is shown to hold the lock, SIGKILL it and end
+        /// its workers and what they left
+        #[arg(long)]
+        force: bool,
     },
     /// Stop and start again: the supervisor, or one session
     Restart {
         /// The session to restart; the whole supervisor if omitted
         id: Option<String>,
+        /// Restart a supervisor that runs another configuration on this
+        /// runtime_dir (it is replaced by one running this configuration)
+        #[arg(long)]
+        force: bool,
     },
     /// Show each session: state, worker pid, uptime, restarts, last close code and what was done
     ///
     /// Also counts the processes from the process table: supervisors, workers,
     /// and strays (a worker command running outside the supervisor, which
     /// causes 440 loops), with a loud warning when strays exist.
-    /// Exits 0 when the supervisor is running, 3 when it is not.
+    /// Exits 0 when the supervisor is running, 3 when it is not, 4 when it
+    /// holds its lock but does not answer (the state is unknown).
     Status {
         /// Only this session
         id: Option<String>,

@@ -11,6 +11,9 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `status`: the supervisor is not running (LSB).
 pub const NOT_RUNNING: u8 = 3;
+/// `status`: the state is unknown: a supervisor holds the lock but does not
+/// answer (LSB's "program or service status is unknown").
+pub const UNKNOWN: u8 = 4;
 
 /// A usage error found after parsing, such as an unknown session id.
 #[derive(Debug, thiserror::Error)]

@@ -3,11 +3,13 @@
 //! installed beside it) and `wa-ctl-supervisor` itself.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::bail;
 use wa_ctl_core::config::Config;
 use wa_ctl_core::control::{self, Request};
+use wa_ctl_core::lock::{Owner, SupervisorLock};
 use wa_ctl_core::{process, supervisor};
 
 use crate::exit;
@@ -48,13 +50,78 @@ pub fn already_running(
     pid: Option<u32>,
     id: Option<String>,
 ) -> anyhow::Result<u8> {
+    refuse_foreign(config, "start", false)?;
     match id {
         Some(id) => session_request(config, Request::Start { session: id }, START_TIMEOUT),
         None => {
             out(&format!("already running (pid {})\n", pid_text(pid)))?;
+            if let Ok(Some((_, Running::Changed))) = running_config(config) {
+                out(&format!(
+                    "note: {} changed since the supervisor read it: `wa-ctl restart` applies the change\n",
+                    config.source
+                ))?;
+            }
             Ok(exit::SUCCESS)
         }
     }
+}
+
+/// How the running supervisor's configuration compares with this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Running {
+    /// The same file (or both the embedded defaults), with the same text.
+    Same,
+    /// The same file, edited since the supervisor read it.
+    Changed,
+    /// Another file: a second configuration shares this `runtime_dir`.
+    Foreign(Option<PathBuf>),
+    /// The lock file does not say (a supervisor from before issue #9).
+    Unknown,
+}
+
+/// Compares the running supervisor's configuration with `config`; `None`
+/// when no supervisor runs.
+pub fn running_config(config: &Config) -> anyhow::Result<Option<(Owner, Running)>> {
+    let Some(owner) = SupervisorLock::owner(&config.supervisor.runtime_dir)? else {
+        return Ok(None);
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let ours = config.source.path().map(canonical);
+    let theirs = owner.config.as_deref().map(canonical);
+    let running = match owner.digest {
+        None => Running::Unknown,
+        Some(_) if ours != theirs => Running::Foreign(owner.config.clone()),
+        Some(digest) if digest == config.digest => Running::Same,
+        Some(_) => Running::Changed,
+    };
+    Ok(Some((owner, running)))
+}
+
+/// Refuses to act on a supervisor of another configuration (issue #9: a
+/// second configuration sharing a `runtime_dir` once stopped the first's
+/// supervisor and workers), unless `force`.
+pub fn refuse_foreign(config: &Config, what: &str, force: bool) -> anyhow::Result<()> {
+    if let Some((owner, Running::Foreign(path))) = running_config(config)?
+        && !force
+    {
+        anyhow::bail!(
+            "the supervisor on {} (pid {}) runs another configuration, {}, not {}: refusing to {what} it. \
+             Give each configuration its own runtime_dir{}",
+            config.supervisor.runtime_dir.display(),
+            pid_text(owner.pid),
+            path.map_or_else(
+                || "the embedded defaults".to_owned(),
+                |p| p.display().to_string()
+            ),
+            config.source,
+            if matches!(what, "stop" | "restart") {
+                ", or pass --force to act on it anyway"
+            } else {
+                ""
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Runs the supervisor here until it is stopped. `id`, if any, has been

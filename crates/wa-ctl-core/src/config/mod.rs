@@ -99,6 +99,11 @@ pub struct Config {
     pub policy: Policy,
     #[serde(rename = "session")]
     pub sessions: Vec<SessionConfig>,
+    /// FNV-1a of the configuration text: with the path, what the supervisor
+    /// records beside its lock, so that a CLI can tell whether the running
+    /// supervisor runs this configuration (issue #9).
+    #[serde(skip)]
+    pub digest: u64,
 }
 
 impl Config {
@@ -174,6 +179,7 @@ impl Config {
         let sessions = validate::sessions(raw.worker, raw.session).map_err(place)?;
 
         Ok(Config {
+            digest: crate::fsutil::fnv1a(text.as_bytes()),
             source,
             supervisor: SupervisorConfig {
                 runtime_dir,

@@ -68,7 +68,7 @@ pub(super) enum Event {
     /// The spawner thread started a worker (or could not).
     Spawned(SpawnResult),
     /// A session's credentials were moved to quarantine (or could not be).
-    Quarantined { slot: SlotId },
+    Quarantined { slot: SlotId, error: Option<String> },
     /// The first step of an orphan sweep: this process's children.
     OrphansListed {
         sweep: u64,
@@ -95,4 +95,7 @@ pub(super) enum PrepareFailure {
     Busy,
     /// Anything else, said in a sentence fragment.
     Failed(String),
+    /// A previous supervisor left the session held (issue #9): it is not
+    /// started until an operator starts it. The lock was released.
+    Held(crate::lifecycle::Hold),
 }

@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::control::{Request, Response, SessionUpdate};
 use crate::leftovers::Leftover;
-use crate::lifecycle::{Context, Effect, Input, Phase, State};
+use crate::lifecycle::{Context, Effect, Hold, Input, Phase, State};
 use crate::policy::Jitter;
 use crate::process::{self, Spawner};
 use crate::protocol::WorkerEvent;
@@ -34,6 +34,7 @@ use crate::systemd::Notifier;
 
 use super::control_server;
 use super::event::{Event, Generation, PrepareFailure, SlotId};
+use super::holds::HoldWriter;
 use super::orphans::Sweeper;
 use super::signals::{SignalEvent, Signals};
 use super::slot::Slot;
@@ -164,6 +165,7 @@ pub(super) struct EventLoop {
     final_sweep_requested: bool,
     shutdown_waiters: Vec<oneshot::Sender<Response>>,
     started_at: SystemTime,
+    holds: HoldWriter,
     notifier: Notifier,
     journal: bool,
 }
@@ -176,6 +178,7 @@ impl EventLoop {
     ) -> std::io::Result<EventLoop> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let spawner = SpawnerThread::start(spawner, tx.clone())?;
+        let holds = HoldWriter::start()?;
         let spawn_args = config
             .sessions
             .iter()
@@ -231,6 +234,7 @@ impl EventLoop {
             final_sweep_requested: false,
             shutdown_waiters: Vec::new(),
             started_at: SystemTime::now(),
+            holds,
             notifier: Notifier::from_env(),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
         })
@@ -260,6 +264,12 @@ impl EventLoop {
                 .as_ref()
                 .is_none_or(|only| only.contains(&self.config.sessions[idx].id));
             if wanted {
+                // Named on the command line (`wa-ctl start ID`): the
+                // operator's start clears a hold; otherwise it is honoured.
+                match &only {
+                    None => self.slots[idx].honour_hold = true,
+                    Some(_) => self.clear_hold(idx, true),
+                }
                 self.slots[idx].starting_up = true;
                 self.starting_up += 1;
                 self.apply(idx, Input::Start);
@@ -341,6 +351,9 @@ impl EventLoop {
             self.handle(event);
             self.answer_touched();
         }
+        // Holds decided during the shutdown are on disk before the
+        // supervisor says it stopped.
+        self.holds.finish();
         info!("supervisor stopped");
         for waiter in self.shutdown_waiters.drain(..) {
             let _ = waiter.send(Response::ok("stopped"));
@@ -405,6 +418,10 @@ impl EventLoop {
                         Input::Prepared
                     }
                     Err(PrepareFailure::Busy) => Input::LockBusy,
+                    Err(PrepareFailure::Held(hold)) => {
+                        self.slots[slot].held = true;
+                        Input::Held(hold)
+                    }
                     Err(PrepareFailure::Failed(reason)) => Input::PrepareFailed {
                         reason,
                         jitter: self.jitter.sample(),
@@ -413,7 +430,7 @@ impl EventLoop {
                 self.apply(slot, input);
             }
             Event::Spawned(result) => self.spawned(result),
-            Event::Quarantined { slot } => self.apply(slot, Input::Quarantined),
+            Event::Quarantined { slot, error } => self.apply(slot, Input::Quarantined { error }),
             Event::OrphansListed {
                 sweep,
                 children,
@@ -651,6 +668,8 @@ impl EventLoop {
         for idx in self.deadlines.pop_due(now, TIMER_BATCH) {
             self.apply(idx, Input::Tick);
         }
+        // Workers a grace timer found already exited.
+        self.reap_candidates();
         self.sweep_if_due();
         if self.ready_sent {
             self.write_status(now);
@@ -745,6 +764,9 @@ impl EventLoop {
             }
         };
         info!(session = %session, request = ?input, "operator request");
+        if !matches!(input, Input::Stop) {
+            self.clear_hold(idx, false);
+        }
         self.apply(idx, input);
         self.slots[idx].waiters.push(reply);
     }
@@ -794,9 +816,24 @@ impl EventLoop {
         slot.watchers.push(updates);
         // Everyone watching gets the current state first.
         slot.last_update = None;
+        if input.is_some() {
+            self.clear_hold(idx, false);
+        }
         self.touch(idx);
         if let Some(input) = input {
             self.apply(idx, input);
+        }
+    }
+
+    /// An operator started the session: the hold, if any, is gone
+    /// (`always`: whether one is known or not, at start-up).
+    fn clear_hold(&mut self, idx: SlotId, always: bool) {
+        let slot = &mut self.slots[idx];
+        slot.honour_hold = false;
+        if slot.held || always {
+            slot.held = false;
+            self.holds
+                .clear(self.config.session_dir(&self.config.sessions[idx].id));
         }
     }
 
@@ -830,6 +867,7 @@ impl EventLoop {
                 policy: &self.config.policy,
                 stop_timeout: self.config.supervisor.stop_timeout,
                 now: Instant::now(),
+                wall: SystemTime::now(),
             };
             let effects = self.slots[idx].session.handle(input, cx);
             for effect in effects {
@@ -878,10 +916,20 @@ impl EventLoop {
                 }
             }
             Effect::KillGroup => {
-                if let Some(worker) = slot.session.running() {
-                    warn!(session = %id, pgid = worker.pid, "stop_timeout passed: sending SIGKILL to the worker's process group");
-                    if let Err(e) = process::signal_group(worker.pid, Signal::SIGKILL) {
-                        error!(session = %id, "SIGKILL failed: {e}");
+                if let Some(pid) = slot.session.running().map(|w| w.pid) {
+                    if matches!(process::exited_child(pid), Ok(Some(_))) {
+                        // It exited within the grace period; only the news
+                        // (its pipe's close) is still queued behind this
+                        // timer. Not a timeout: no warning, and its exit is
+                        // collected after the timers (issue #9: 2,000
+                        // sessions stopping logged 1,451 such false alarms).
+                        debug!(session = %id, pid, "stop_timeout passed, but the worker has exited");
+                        self.exit_candidates.push(pid);
+                    } else {
+                        warn!(session = %id, pgid = pid, "stop_timeout passed: sending SIGKILL to the worker's process group");
+                        if let Err(e) = process::signal_group(pid, Signal::SIGKILL) {
+                            error!(session = %id, "SIGKILL failed: {e}");
+                        }
                     }
                 }
             }
@@ -904,6 +952,19 @@ impl EventLoop {
                 self.tx.clone(),
             ),
             Effect::ReleaseLock => slot.lock = None,
+            Effect::Hold => {
+                let s = &slot.session;
+                let hold = Hold {
+                    state: s.state,
+                    last_code: s.last_close,
+                    last_reason: s.last_reason.clone(),
+                    last_action: s.last_action,
+                    at_ms: s.last_at.map(unix_ms),
+                };
+                info!(session = %id, state = %s.state, "held: a restarted supervisor leaves the session as it is until `wa-ctl start {id}`");
+                slot.held = true;
+                self.holds.write(self.config.session_dir(id), hold);
+            }
         }
         None
     }
@@ -916,23 +977,25 @@ impl EventLoop {
         }
         let queue = std::mem::take(&mut self.prepare_queue);
         let mut leftovers = self.startup_leftovers.take();
-        let requests: Vec<PrepareRequest> = queue
-            .into_iter()
-            .filter(|&idx| matches!(self.slots[idx].session.phase, Phase::Preparing { .. }))
-            .map(|idx| {
-                let id = self.config.sessions[idx].id.clone();
-                let dir = self.config.session_dir(&id);
-                let known = leftovers
-                    .as_mut()
-                    .map(|map| map.remove(&dir).unwrap_or_default());
-                PrepareRequest {
-                    slot: idx,
-                    id,
-                    dir,
-                    leftovers: known,
-                }
-            })
-            .collect();
+        let mut requests: Vec<PrepareRequest> = Vec::with_capacity(queue.len());
+        for idx in queue {
+            let slot = &mut self.slots[idx];
+            if !matches!(slot.session.phase, Phase::Preparing { .. }) {
+                continue;
+            }
+            let id = self.config.sessions[idx].id.clone();
+            let dir = self.config.session_dir(&id);
+            let known = leftovers
+                .as_mut()
+                .map(|map| map.remove(&dir).unwrap_or_default());
+            requests.push(PrepareRequest {
+                slot: idx,
+                id,
+                dir,
+                leftovers: known,
+                honour_hold: std::mem::take(&mut slot.honour_hold),
+            });
+        }
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
             let batch: Vec<PrepareRequest> = requests.by_ref().take(PREPARE_BATCH).collect();
@@ -1073,6 +1136,7 @@ impl EventLoop {
                 last_code: session.last_close,
                 last_reason: session.last_reason.clone(),
                 last_action: session.last_action,
+                last_at_ms: session.last_at.map(unix_ms),
                 next_retry_at_ms: session.next_retry.map(wall),
                 worker_started_at_ms: running.map(|w| wall(w.spawned_at)),
                 connected_at_ms: running.and_then(|w| w.connected_at).map(wall),

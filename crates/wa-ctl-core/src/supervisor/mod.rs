@@ -20,6 +20,7 @@
 mod control_server;
 mod event;
 mod event_loop;
+mod holds;
 mod orphans;
 mod signals;
 mod slot;
@@ -33,7 +34,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::control::SOCKET_FILE;
@@ -188,7 +189,7 @@ fn run_inner(
     ensure_private_dir(&config.supervisor.state_dir)?;
     ensure_private_dir(&config.supervisor.state_dir.join("sessions"))?;
 
-    let _lock = match SupervisorLock::acquire(&runtime_dir)? {
+    let _lock = match SupervisorLock::acquire(&runtime_dir, config.source.path(), config.digest)? {
         Ok(lock) => lock,
         Err(pid) => return Ok(Outcome::AlreadyRunning(pid)),
     };
@@ -258,6 +259,12 @@ fn run_inner(
 /// configured session whose lock can be taken (a session locked by another
 /// live supervisor is that supervisor's business). Used by `wa-ctl stop`
 /// when no supervisor runs.
+/// The hold a supervisor left in a session directory, if any (issue #9):
+/// what `status` shows of a held session when no supervisor runs.
+pub fn read_hold(session_dir: &Path) -> Option<crate::lifecycle::Hold> {
+    holds::read(session_dir)
+}
+
 pub fn end_orphans(config: &Config) -> Result<Vec<Leftover>, SupervisorError> {
     let sessions_root = config.supervisor.state_dir.join("sessions");
     if !sessions_root.exists() {

@@ -38,6 +38,11 @@ pub(super) struct Slot {
     /// Started at start-up and not yet through its first prepare: readiness
     /// waits for it.
     pub(super) starting_up: bool,
+    /// The next prepare honours a hold on disk (the supervisor's start-up).
+    pub(super) honour_hold: bool,
+    /// A hold is (or is being) persisted for the session: an operator's
+    /// start clears it.
+    pub(super) held: bool,
 }
 
 impl Slot {

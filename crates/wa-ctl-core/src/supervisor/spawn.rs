@@ -44,6 +44,9 @@ pub(super) struct PrepareRequest {
     /// The leftovers the start-up scan found for this session, or `None` to
     /// scan the process table now.
     pub(super) leftovers: Option<Vec<Leftover>>,
+    /// Started by the supervisor's start-up, not by an operator naming the
+    /// session: a hold left by a previous supervisor keeps it as it was.
+    pub(super) honour_hold: bool,
 }
 
 /// Scans the process table once for what a dead supervisor left under
@@ -118,11 +121,21 @@ fn prepare_one(
             return Err(PrepareFailure::Failed(format!("cannot end leftovers: {e}")));
         }
     }
+    // After the leftovers: whatever a killed supervisor left is ended even
+    // for a session that stays held.
+    if request.honour_hold
+        && let Some(hold) = super::holds::read(&request.dir)
+    {
+        info!(session = %id, state = %hold.state, "held by a previous supervisor: not started (`wa-ctl start {id}` starts it)");
+        drop(lock);
+        return Err(PrepareFailure::Held(hold));
+    }
     Ok(lock)
 }
 
 /// Moves `dir` into `quarantine_dir` on the blocking pool; reports
-/// `Quarantined` either way (a failure is logged: the credentials stay).
+/// `Quarantined` either way (a failure is logged and reported: the
+/// credentials stay).
 pub(super) fn quarantine(
     slot: SlotId,
     id: SessionId,
@@ -131,19 +144,20 @@ pub(super) fn quarantine(
     tx: mpsc::Sender<Event>,
 ) {
     tokio::task::spawn_blocking(move || {
-        quarantine_now(&id, &dir, &quarantine_dir);
-        let _ = tx.blocking_send(Event::Quarantined { slot });
+        let error = quarantine_now(&id, &dir, &quarantine_dir).err();
+        let _ = tx.blocking_send(Event::Quarantined { slot, error });
     });
 }
 
-fn quarantine_now(id: &SessionId, dir: &Path, quarantine_dir: &Path) {
+fn quarantine_now(id: &SessionId, dir: &Path, quarantine_dir: &Path) -> Result<(), String> {
     if !dir.exists() {
         warn!(session = %id, "logout: no session directory to quarantine");
-        return;
+        return Ok(());
     }
     if let Err(e) = ensure_private_dir(quarantine_dir) {
-        error!(session = %id, "logout: cannot quarantine, credentials left in place: {}", crate::error_chain(&e));
-        return;
+        let e = crate::error_chain(&e);
+        error!(session = %id, "logout: cannot quarantine, credentials left in place: {e}");
+        return Err(e);
     }
     let stamp: String = humantime::format_rfc3339_seconds(SystemTime::now())
         .to_string()
@@ -158,10 +172,16 @@ fn quarantine_now(id: &SessionId, dir: &Path, quarantine_dir: &Path) {
     }
     match std::fs::rename(dir, &target) {
         Ok(()) => {
-            info!(session = %id, to = %target.display(), "logout: credentials quarantined")
+            info!(session = %id, to = %target.display(), "logout: credentials quarantined");
+            Ok(())
         }
         Err(e) => {
-            error!(session = %id, "logout: cannot move {} to {}: {e}", dir.display(), target.display())
+            error!(session = %id, "logout: cannot move {} to {}: {e}", dir.display(), target.display());
+            Err(format!(
+                "cannot move {} to {}: {e}",
+                dir.display(),
+                target.display()
+            ))
         }
     }
 }

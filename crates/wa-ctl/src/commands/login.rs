@@ -9,7 +9,7 @@ use wa_ctl_core::lifecycle::State;
 use wa_ctl_core::lock::Probe;
 
 use super::start::start_background;
-use super::{check_session, check_workers, out, probe};
+use super::{check_session, check_workers, out, probe, refuse_foreign};
 use crate::exit::{self, UsageError};
 
 pub(super) fn login(
@@ -31,6 +31,7 @@ pub(super) fn login(
         }
     };
     let phone = phone.as_deref().map(phone_digits).transpose()?;
+    refuse_foreign(config, "log in through", false)?;
     if probe(config)? == Probe::NotRunning {
         check_workers(config, None)?;
         start_background(config, None)?;

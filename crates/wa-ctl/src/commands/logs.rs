@@ -14,7 +14,7 @@ use crate::exit;
 
 pub(super) fn logs(config: &Config, follow: bool, lines: usize) -> anyhow::Result<u8> {
     let under_journal = matches!(probe(config)?, Probe::Running { .. })
-        && super::status::live_record(config, None).is_some_and(|r| r.journal);
+        && super::status::live_record(config, None).is_ok_and(|r| r.journal);
     if under_journal {
         out(
             "wa-ctl runs under systemd and logs to the journal: use `journalctl -u wa-ctl` (add -f to follow)\n",

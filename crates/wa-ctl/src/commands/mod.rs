@@ -21,7 +21,9 @@ use wa_ctl_core::process;
 
 use crate::cli::{Cli, Command};
 use crate::exit::UsageError;
-use crate::foreground::{START_TIMEOUT, out, pid_text, session_request};
+use crate::foreground::{
+    Running, START_TIMEOUT, out, pid_text, refuse_foreign, running_config, session_request,
+};
 
 /// Extra time a stop may take beyond `stop_timeout` before the CLI gives up.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
@@ -36,8 +38,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = Config::load(cli.config.as_deref(), &Environment::from_process())?;
     match cli.command {
         Command::Start { id, foreground } => start::start(&config, id, foreground),
-        Command::Stop { id, all } => stop::stop(&config, id, all),
-        Command::Restart { id } => restart::restart(&config, id),
+        Command::Stop { id, all, force } => stop::stop(&config, id, all, force),
+        Command::Restart { id, force } => restart::restart(&config, id, force),
         Command::Status { id, json } => status::status(&config, id, json),
         Command::Logs { follow, lines } => logs::logs(&config, follow, lines),
         Command::Login { id, phone } => login::login(&config, id, phone),

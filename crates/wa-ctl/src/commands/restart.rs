@@ -7,9 +7,10 @@ use wa_ctl_core::lock::Probe;
 
 use super::start::start;
 use super::stop::stop;
-use super::{START_TIMEOUT, check_session, probe, session_request, stop_timeout};
+use super::{START_TIMEOUT, check_session, probe, refuse_foreign, session_request, stop_timeout};
 
-pub(super) fn restart(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
+pub(super) fn restart(config: &Config, id: Option<String>, force: bool) -> anyhow::Result<u8> {
+    refuse_foreign(config, "restart", force)?;
     match id {
         Some(id) => {
             check_session(config, &id)?;
@@ -22,7 +23,7 @@ pub(super) fn restart(config: &Config, id: Option<String>) -> anyhow::Result<u8>
             }
         }
         None => {
-            stop(config, None, false)?;
+            stop(config, None, false, force)?;
             start(config, None, false)
         }
     }

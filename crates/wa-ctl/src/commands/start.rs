@@ -9,8 +9,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use anyhow::{Context as _, bail};
 use wa_ctl_core::config::Config;
 use wa_ctl_core::fsutil::ensure_private_dir;
+use wa_ctl_core::lifecycle::Hold;
 use wa_ctl_core::lock::Probe;
 use wa_ctl_core::process;
+use wa_ctl_core::status::rfc3339;
 
 use super::{START_TIMEOUT, check_session, check_workers, out, probe};
 use crate::exit;
@@ -39,6 +41,30 @@ pub(super) fn start(config: &Config, id: Option<String>, foreground: bool) -> an
         return already_running(config, pid, id);
     }
     start_background(config, id)
+}
+
+/// Says which sessions a start without an ID left alone: those a previous
+/// supervisor's decision holds (`stopped` by the policy, `logged_out`,
+/// `failed`; issue #9), and any that ended so at once.
+fn report_held(config: &Config) -> anyhow::Result<()> {
+    let Ok(record) = super::status::live_record(config, None) else {
+        return Ok(());
+    };
+    for s in record.sessions.iter().filter(|s| Hold::holds(s.state)) {
+        let code = s
+            .last_code
+            .map(|c| format!(" after {c} ({})", c.meaning()))
+            .unwrap_or_default();
+        let at = s
+            .last_at_ms
+            .map(|ms| format!(" at {}", rfc3339(ms)))
+            .unwrap_or_default();
+        out(&format!(
+            "left alone: session {} is {}{code}{at}; `wa-ctl start {}` starts it\n",
+            s.id, s.state, s.id
+        ))?;
+    }
+    Ok(())
 }
 
 /// How long a background supervisor may take to report ready: it does so
@@ -100,6 +126,9 @@ pub(super) fn start_background(config: &Config, id: Option<String>) -> anyhow::R
     match word {
         "ready" => {
             out(&format!("started (pid {rest})\n"))?;
+            if id.is_none() {
+                report_held(config)?;
+            }
             Ok(exit::SUCCESS)
         }
         "running" => already_running(config, rest.parse().ok(), id),

@@ -1,45 +1,78 @@
-//! `wa-ctl status [ID] [--json]`: the running supervisor's live record,
-//! asked over its control socket (or read from the file it keeps, when it
-//! does not answer), trusted only while its lock is held, plus a census of
-//! the process table.
+//! `wa-ctl status [ID] [--json]`: what the running supervisor runs, asked
+//! over its control socket, plus a census of the process table.
+//!
+//! It never invents a state (issue #9). The supervisor's answer is the
+//! truth. When it does not answer, the status file it keeps is shown only if
+//! it is whole and was written by the supervisor that holds the lock now,
+//! marked as not live, and the exit code is 4 ("unknown", as LSB says);
+//! with nothing trustworthy to show, no session is listed.
 
 use std::time::{Duration, SystemTime};
 
 use wa_ctl_core::census;
 use wa_ctl_core::config::Config;
-use wa_ctl_core::control::{self, Request};
+use wa_ctl_core::control::{self, ControlError, Request};
 use wa_ctl_core::lock::Probe;
-use wa_ctl_core::status::{StatusRecord, StatusReport};
+use wa_ctl_core::status::{Answer, ConfigMatch, StatusRecord, StatusReport};
 
-use super::{check_session, out, probe};
+use super::{Running, check_session, out, probe, running_config};
 use crate::exit;
 
-/// How long `status` waits for the supervisor's answer before it falls
-/// back to the status file. The loop answers at once when it is healthy.
+/// How long `status` waits for the supervisor's answer. The loop answers at
+/// once when it is healthy.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The running supervisor's record: asked over the control socket, or read
-/// from the status file it keeps when it does not answer.
-pub(super) fn live_record(config: &Config, session: Option<&str>) -> Option<StatusRecord> {
+/// The running supervisor's record, asked over the control socket; or, when
+/// it does not answer, why not, with the status file it keeps.
+pub(super) fn live_record(
+    config: &Config,
+    session: Option<&str>,
+) -> Result<StatusRecord, (String, Option<StatusRecord>)> {
     let request = Request::Status {
         session: session.map(str::to_owned),
     };
-    match control::request(&config.supervisor.runtime_dir, &request, STATUS_TIMEOUT) {
-        Ok(response) if response.ok => response.status,
-        _ => StatusRecord::read(&config.supervisor.runtime_dir),
-    }
+    let why = match control::request(&config.supervisor.runtime_dir, &request, STATUS_TIMEOUT) {
+        Ok(response) if response.ok => match response.status {
+            Some(record) => return Ok(record),
+            None => "the supervisor answered without a status".to_owned(),
+        },
+        Ok(response) => response.message,
+        Err(ControlError::Timeout(t)) => format!(
+            "the supervisor does not answer within {}s: it may be stopped (SIGSTOP) or stuck; \
+             `wa-ctl stop --force` ends it",
+            t.as_secs()
+        ),
+        Err(e) => wa_ctl_core::error_chain(&e),
+    };
+    Err((why, StatusRecord::read(&config.supervisor.runtime_dir)))
 }
 
 pub(super) fn status(config: &Config, id: Option<String>, json: bool) -> anyhow::Result<u8> {
-    if let Some(id) = &id {
+    let probe = probe(config)?;
+    let (record, answer) = match probe {
+        Probe::Running { .. } => match live_record(config, id.as_deref()) {
+            Ok(record) => (Some(record), Answer::Live),
+            Err((why, file)) => (file, Answer::NoAnswer(why)),
+        },
+        Probe::NotRunning => (None, Answer::Live),
+    };
+    // A session named on the command line may be one the running supervisor
+    // runs and this file no longer lists (renamed meanwhile): the
+    // supervisor's answer decides, and only without one is the file asked.
+    if let Some(id) = &id
+        && record.is_none()
+    {
         check_session(config, id)?;
     }
-    let probe = probe(config)?;
-    let record = match probe {
-        Probe::Running { .. } => live_record(config, id.as_deref()),
-        Probe::NotRunning => None,
-    };
-    let mut report = StatusReport::build(config, probe, record, SystemTime::now());
+    let mut report = StatusReport::build(config, probe, record, answer, SystemTime::now());
+    if let Some((owner, running)) = running_config(config)? {
+        report.config = Some(match running {
+            Running::Same => ConfigMatch::same(owner.config),
+            Running::Changed => ConfigMatch::changed(owner.config),
+            Running::Foreign(path) => ConfigMatch::foreign(path),
+            Running::Unknown => ConfigMatch::unknown(),
+        });
+    }
     let owned = census::Owned {
         supervisor: report.pid,
         workers: report
@@ -57,9 +90,9 @@ pub(super) fn status(config: &Config, id: Option<String>, json: bool) -> anyhow:
     } else {
         out(&report.render_text())?;
     }
-    Ok(if report.running {
-        exit::SUCCESS
-    } else {
-        exit::NOT_RUNNING
+    Ok(match (report.running, &report.error) {
+        (true, None) => exit::SUCCESS,
+        (true, Some(_)) => exit::UNKNOWN,
+        (false, _) => exit::NOT_RUNNING,
     })
 }

@@ -1,5 +1,9 @@
-//! `wa-ctl stop [ID] [--all]`: one session through the running supervisor,
-//! or the whole supervisor, then (with `--all`) the strays.
+//! `wa-ctl stop [ID] [--all] [--force]`: one session through the running
+//! supervisor, or the whole supervisor, then (with `--all`) the strays.
+//!
+//! A supervisor that does not answer (frozen by SIGSTOP, or stuck) is not
+//! waited for: `stop` says so at once, and `stop --force` kills it once it
+//! is shown to hold the lock, then ends what it left (issue #9).
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -14,11 +18,17 @@ use wa_ctl_core::control::{self, ControlError, Request};
 use wa_ctl_core::lock::{Probe, SupervisorLock};
 use wa_ctl_core::{census, supervisor};
 
-use super::{check_session, out, pid_text, probe, session_request, stop_timeout};
+use super::{check_session, out, pid_text, probe, refuse_foreign, session_request, stop_timeout};
 use crate::exit;
 
-pub(super) fn stop(config: &Config, id: Option<String>, all: bool) -> anyhow::Result<u8> {
-    let code = stop_supervisor(config, id)?;
+pub(super) fn stop(
+    config: &Config,
+    id: Option<String>,
+    all: bool,
+    force: bool,
+) -> anyhow::Result<u8> {
+    refuse_foreign(config, "stop", force)?;
+    let code = stop_supervisor(config, id, force)?;
     if all {
         end_strays(config)?;
     }
@@ -122,7 +132,60 @@ impl RuntimeDirWatch {
     }
 }
 
-fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
+/// How long a supervisor may take to answer a `ping` before it counts as
+/// not answering. A healthy loop answers in milliseconds.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the supervisor answers: `Some(false)` when it accepted the
+/// connection but said nothing in time; `None` when that cannot be told
+/// (its socket is not there yet, as in its first moments).
+fn answers(config: &Config) -> Option<bool> {
+    match control::request(&config.supervisor.runtime_dir, &Request::Ping, PING_TIMEOUT) {
+        Ok(_) => Some(true),
+        Err(ControlError::Timeout(_)) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// `stop --force` of a supervisor that does not answer: SIGKILL, once it is
+/// shown to hold the lock (so that a recycled pid is never signalled), then
+/// the leftover path ends its workers and what they left.
+fn kill_frozen(config: &Config, pid: Option<u32>) -> anyhow::Result<u8> {
+    let runtime_dir = &config.supervisor.runtime_dir;
+    let Some(pid) = pid else {
+        bail!(
+            "the supervisor does not answer, and {} names no pid: nothing to kill",
+            runtime_dir.join(wa_ctl_core::lock::LOCK_FILE).display()
+        );
+    };
+    if !wa_ctl_core::lock::holds_lock(pid, runtime_dir)
+        .with_context(|| format!("checking that pid {pid} holds the supervisor lock"))?
+    {
+        bail!(
+            "pid {pid} does not hold the supervisor lock of {}: not killing it",
+            runtime_dir.display()
+        );
+    }
+    tracing::warn!("the supervisor (pid {pid}) does not answer: sending SIGKILL");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .with_context(|| format!("killing pid {pid}"))?;
+    if !SupervisorLock::wait_released(runtime_dir, stop_timeout(config))? {
+        bail!("the supervisor (pid {pid}) still holds its lock after SIGKILL");
+    }
+    for leftover in supervisor::end_orphans(config)? {
+        out(&format!(
+            "ended leftover process {} ({})\n",
+            leftover.pid, leftover.cmdline
+        ))?;
+    }
+    out(&format!("killed (pid {pid}): it did not answer\n"))?;
+    Ok(exit::SUCCESS)
+}
+
+fn stop_supervisor(config: &Config, id: Option<String>, force: bool) -> anyhow::Result<u8> {
     if let Some(id) = &id {
         check_session(config, id)?;
     }
@@ -142,6 +205,17 @@ fn stop_supervisor(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
         }
         Probe::Running { pid } => pid,
     };
+    if answers(config) == Some(false) {
+        if force && id.is_none() {
+            return kill_frozen(config, pid);
+        }
+        bail!(
+            "the supervisor (pid {p}) does not answer within {}s: it may be stopped (SIGSTOP; `kill -CONT {p}` resumes it) or stuck. \
+             `wa-ctl stop --force` kills it and ends its workers",
+            PING_TIMEOUT.as_secs(),
+            p = pid_text(pid),
+        );
+    }
     if let Some(id) = id {
         return session_request(config, Request::Stop { session: id }, stop_timeout(config));
     }

@@ -7,6 +7,7 @@ mod census;
 mod cli;
 mod guarantees;
 mod hangs;
+mod holds;
 mod off_loop;
 mod policy;
 mod real_worker;

@@ -49,10 +49,17 @@ fn logout_401_quarantines_credentials() {
     let s = env.wait_state("default", "logged_out");
     assert_eq!(s["last_code"], 401);
     assert_eq!(s["last_action"], "logout");
-    assert!(
-        !env.state_dir().join("sessions/default").exists(),
-        "the session directory moved"
-    );
+    // The session directory moved. A new one holds only the hold that
+    // keeps the session logged out across supervisors (issue #9).
+    let hold = env.state_dir().join("sessions/default/.wa-ctl-hold.json");
+    wait_until("the hold to be written", DEADLINE, || {
+        hold.exists().then_some(())
+    });
+    let left: Vec<_> = std::fs::read_dir(env.state_dir().join("sessions/default"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [".wa-ctl-hold.json"], "the session directory moved");
     let quarantined: Vec<_> = std::fs::read_dir(env.state_dir().join("quarantine"))
         .unwrap()
         .map(|e| e.unwrap().path())
