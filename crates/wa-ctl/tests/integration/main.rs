@@ -5,6 +5,7 @@ mod harness;
 
 mod census;
 mod cli;
+mod descriptors;
 mod guarantees;
 mod off_loop;
 mod policy;
