@@ -31,6 +31,7 @@ use crate::session_id::SessionId;
 use crate::session_lock::SessionLocks;
 use crate::status::{SessionRecord, StatusRecord, unix_ms};
 use crate::systemd::Notifier;
+use crate::text::Quoted;
 
 use super::control_server;
 use super::event::{Event, Generation, PrepareFailure, SlotId};
@@ -524,9 +525,9 @@ impl EventLoop {
         let s = &slot.session;
         let id = &self.config.sessions[idx].id;
         if let Some((code, reason)) = closed {
-            info!(session = %id, code, reason = reason.as_deref().unwrap_or("-"), "{what}");
+            info!(session = %id, code, reason = %Quoted(reason.as_deref().unwrap_or("-")), "{what}");
         } else if before != (s.state, s.pairing_code.is_some()) {
-            info!(session = %id, state = %s.state, jid = %s.jid.as_deref().unwrap_or("-"), "{what}");
+            info!(session = %id, state = %s.state, jid = %Quoted(s.jid.as_deref().unwrap_or("-")), "{what}");
         } else {
             debug!(session = %id, "{what}");
         }

@@ -7,6 +7,7 @@ mod census;
 mod cli;
 mod descriptors;
 mod guarantees;
+mod hostile_input;
 mod off_loop;
 mod policy;
 mod real_worker;
