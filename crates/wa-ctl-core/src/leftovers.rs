@@ -27,6 +27,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 
+use crate::lifecycle::deadline_after;
 use crate::process::pidfd_open;
 use crate::protocol::ENV_SESSION_DIR;
 
@@ -123,14 +124,15 @@ pub fn end_leftovers(
             pending.push((leftover.pid, pidfd));
         }
     }
-    wait_exited(&mut pending, Instant::now() + grace)?;
+    // `grace` is a configured duration: never a panic on overflow.
+    wait_exited(&mut pending, deadline_after(Instant::now(), grace))?;
     let mut killed = Vec::new();
     for (pid, pidfd) in pending {
         if send_signal(&pidfd, Signal::SIGKILL)? {
             killed.push((pid, pidfd));
         }
     }
-    wait_exited(&mut killed, Instant::now() + kill_timeout)?;
+    wait_exited(&mut killed, deadline_after(Instant::now(), kill_timeout))?;
     if killed.is_empty() {
         return Ok(());
     }

@@ -19,6 +19,7 @@ pub mod session_lock;
 pub mod status;
 pub mod supervisor;
 pub mod systemd;
+pub mod text;
 
 /// An error and its sources on one line, `outer: inner: root`, for logs and
 /// reports that carry no `anyhow` chain.

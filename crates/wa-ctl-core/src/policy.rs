@@ -278,10 +278,15 @@ impl Policy {
     /// by `1 + jitter * jitter_sample`. The result never exceeds
     /// `max_backoff`, with jitter or without.
     pub fn backoff_delay(&self, attempt: u32, jitter_sample: f64) -> Duration {
-        let base = self.initial_backoff.as_secs_f64()
-            * self
-                .backoff_multiplier
-                .powi(attempt.min(i32::MAX as u32) as i32);
+        let growth = self
+            .backoff_multiplier
+            .powi(attempt.min(i32::MAX as u32) as i32);
+        // Zero times an infinite growth is NaN, not the zero it means.
+        let base = if self.initial_backoff.is_zero() {
+            0.0
+        } else {
+            self.initial_backoff.as_secs_f64() * growth
+        };
         let max = self.max_backoff.as_secs_f64();
         let base = if base.is_finite() { base.min(max) } else { max };
         let sample = if jitter_sample.is_finite() {
@@ -291,8 +296,11 @@ impl Policy {
         };
         let jittered = (base * (1.0 + self.jitter * sample)).clamp(0.0, max);
         // A huge max_backoff is a huge float; it may round above what a
-        // Duration holds.
-        Duration::try_from_secs_f64(jittered).unwrap_or(self.max_backoff)
+        // Duration holds, or above max_backoff itself (issue #9: an f64 has
+        // 53 bits, and 9772849475177663s rounds up).
+        Duration::try_from_secs_f64(jittered)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
     }
 }
 
@@ -337,6 +345,24 @@ mod tests {
         let delays: Vec<u64> = (0..6).map(|n| p.backoff_delay(n, 0.7).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
         assert_eq!(p.backoff_delay(u32::MAX, 0.0), Duration::from_secs(10));
+    }
+
+    /// Issue #9, item 2: found by the property test of extreme durations.
+    #[test]
+    fn backoff_survives_float_rounding_and_infinite_growth() {
+        let p = Policy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(9_772_849_475_177_663),
+            backoff_multiplier: 1000.0,
+            jitter: 0.0,
+            ..Policy::default()
+        };
+        assert_eq!(p.backoff_delay(103, 0.0), p.max_backoff);
+        let zero = Policy {
+            initial_backoff: Duration::ZERO,
+            ..p
+        };
+        assert_eq!(zero.backoff_delay(103, 0.0), Duration::ZERO);
     }
 
     #[test]

@@ -43,18 +43,37 @@ const SCRUBBED_ENV: &[&str] = &[
 /// readiness. Not a public contract.
 pub const READY_FD_ENV: &str = "WA_CTL_READY_FD";
 
-/// A worker program that cannot be found.
+/// A worker program that cannot be run.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "worker not found: `{program}` (looked in {looked_in}); install it there or set [worker] command in the config"
-)]
-pub struct NotFound {
-    pub program: String,
-    pub looked_in: String,
+pub enum NotFound {
+    #[error(
+        "worker not found: `{program}` (looked in {looked_in}); install it there or set [worker] command in the config"
+    )]
+    Missing { program: String, looked_in: String },
+    /// The file is there, but this user may not execute it (issue #9: this
+    /// was once reported as "not found").
+    #[error(
+        "worker not executable: {} exists but this user cannot execute it; `chmod +x` it, or set [worker] command in the config",
+        path.display()
+    )]
+    NotExecutable { path: PathBuf },
 }
 
-fn is_executable(path: &Path) -> bool {
-    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok() && path.is_file()
+/// What is at a candidate path for a program.
+enum Candidate {
+    Executable,
+    NotExecutable,
+    Missing,
+}
+
+fn candidate(path: &Path) -> Candidate {
+    if !path.is_file() {
+        Candidate::Missing
+    } else if nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok() {
+        Candidate::Executable
+    } else {
+        Candidate::NotExecutable
+    }
 }
 
 /// Finds the program of a worker command.
@@ -62,19 +81,21 @@ fn is_executable(path: &Path) -> bool {
 /// - A path with a `/` is used as is (relative to `base_dir` if relative).
 /// - A bare name is looked up beside the running `wa-ctl` binary, then in
 ///   `PATH`, so that `cargo install` and `target/release` need no PATH setup.
+///   A file of that name that is not executable is skipped, as a shell
+///   does, and reported if nothing executable is found.
 pub fn resolve_program(program: &str, base_dir: Option<&Path>) -> Result<PathBuf, NotFound> {
     if program.contains('/') {
         let path = match base_dir {
             Some(base) if Path::new(program).is_relative() => base.join(program),
             _ => PathBuf::from(program),
         };
-        return if is_executable(&path) {
-            Ok(path)
-        } else {
-            Err(NotFound {
+        return match candidate(&path) {
+            Candidate::Executable => Ok(path),
+            Candidate::NotExecutable => Err(NotFound::NotExecutable { path }),
+            Candidate::Missing => Err(NotFound::Missing {
                 program: program.to_owned(),
                 looked_in: path.display().to_string(),
-            })
+            }),
         };
     }
     let exe_dir = std::env::current_exe()
@@ -87,14 +108,22 @@ pub fn resolve_program(program: &str, base_dir: Option<&Path>) -> Result<PathBuf
                 .collect()
         })
         .unwrap_or_default();
+    let mut not_executable = None;
     for dir in exe_dir.iter().chain(&path_dirs) {
-        let candidate = dir.join(program);
-        if is_executable(&candidate) {
-            return Ok(candidate);
+        let path = dir.join(program);
+        match candidate(&path) {
+            Candidate::Executable => return Ok(path),
+            Candidate::NotExecutable => {
+                not_executable.get_or_insert(path);
+            }
+            Candidate::Missing => {}
         }
     }
+    if let Some(path) = not_executable {
+        return Err(NotFound::NotExecutable { path });
+    }
     let beside = exe_dir.map_or_else(|| "beside wa-ctl".to_owned(), |d| d.display().to_string());
-    Err(NotFound {
+    Err(NotFound::Missing {
         program: program.to_owned(),
         looked_in: format!("{beside} and $PATH"),
     })
@@ -608,8 +637,8 @@ pub const SUPERVISOR_ARGV0: &str = "wa-ctl";
 /// The supervisor binary beside the running one, if it is installed there.
 pub fn supervisor_program() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.join(SUPERVISOR_PROGRAM);
-    is_executable(&candidate).then_some(candidate)
+    let path = exe.parent()?.join(SUPERVISOR_PROGRAM);
+    matches!(candidate(&path), Candidate::Executable).then_some(path)
 }
 
 /// Replaces this process with the supervisor binary, keeping the pid, the

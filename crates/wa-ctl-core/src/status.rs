@@ -389,7 +389,12 @@ impl StatusReport {
                 plural(p.strays.len(), "process is", "processes are"),
             ));
             for stray in &p.strays {
-                out.push_str(&format!("  stray pid {}: {}\n", stray.pid, stray.cmdline));
+                // A command line is anyone's text: never raw to a terminal.
+                out.push_str(&format!(
+                    "  stray pid {}: {}\n",
+                    stray.pid,
+                    crate::text::escape(&stray.cmdline)
+                ));
             }
             out.push_str(
                 "End them with `wa-ctl stop --all` (this user's only), then `wa-ctl start`.\n",

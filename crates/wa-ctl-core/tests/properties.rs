@@ -1,13 +1,17 @@
 //! Property tests (issue #5): the parsers never panic, whatever the input,
 //! and the policy keeps its promises for any parameters. Issue #8: the
 //! lifecycle keeps one worker per session whatever the order of commands,
-//! job results and exits.
+//! job results and exits. Issue #9: durations at the edges (zero, a
+//! nanosecond, `u64::MAX` seconds, the configured maxima) and absurd floats
+//! neither panic a deadline nor stretch a backoff past its maximum.
 
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use wa_ctl_core::config::{Config, ConfigSource, Environment};
-use wa_ctl_core::lifecycle::{Context, Effect, ExitKind, Hold, Input, Phase, Session, State};
+use wa_ctl_core::config::{Config, ConfigSource, DURATION_LIMITS, Environment};
+use wa_ctl_core::lifecycle::{
+    Context, Effect, ExitKind, Hold, Input, Phase, Session, State, deadline_after,
+};
 use wa_ctl_core::policy::Policy;
 use wa_ctl_core::protocol::{LineSplitter, MAX_LINE, parse_line};
 
@@ -21,8 +25,111 @@ fn env() -> Environment {
     )
 }
 
+/// A duration at an edge: zero, a nanosecond, the largest a `Duration`
+/// holds, each key's minimum and maximum, or anything at all.
+fn extreme_duration() -> impl Strategy<Value = Duration> {
+    let mut edges = vec![
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_secs(u64::MAX),
+        Duration::MAX,
+    ];
+    edges.extend(DURATION_LIMITS.iter().flat_map(|l| [l.min, l.max]));
+    prop_oneof![
+        prop::sample::select(edges),
+        any::<u64>().prop_map(Duration::from_nanos),
+        any::<u64>().prop_map(Duration::from_secs),
+    ]
+}
+
+/// A float at an edge, or any float at all (NaN and the infinities too).
+fn extreme_float() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        prop::sample::select(vec![
+            0.0,
+            -1.0,
+            1.0,
+            1000.0,
+            1e308,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ]),
+        any::<f64>(),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+
+    /// Issue #9, item 2: a backoff of "500000000000y" panicked the
+    /// supervisor when it computed the retry deadline. Whatever the
+    /// durations and floats, the backoff stays within `max_backoff`, every
+    /// deadline lies ahead, and a session goes through a connection, a
+    /// reconnect and a stop without a panic.
+    #[test]
+    fn extreme_durations_neither_panic_nor_pass_the_maximum(
+        initial_backoff in extreme_duration(),
+        max_backoff in extreme_duration(),
+        backoff_multiplier in extreme_float(),
+        jitter in extreme_float(),
+        reset_after in extreme_duration(),
+        restart_window in extreme_duration(),
+        stop_timeout in extreme_duration(),
+        attempt in any::<u32>(),
+        sample in extreme_float(),
+    ) {
+        let policy = Policy {
+            initial_backoff,
+            max_backoff,
+            backoff_multiplier,
+            jitter,
+            reset_after,
+            restart_window,
+            // Issue #9's hang limits, at the same extremes.
+            start_timeout: stop_timeout,
+            heartbeat_timeout: reset_after,
+            ..Policy::default()
+        };
+        prop_assert!(policy.backoff_delay(attempt, sample) <= max_backoff);
+        let now = Instant::now();
+        prop_assert!(deadline_after(now, stop_timeout) >= now);
+        prop_assert!(deadline_after(now, max_backoff) >= now);
+
+        let cx = Context { policy: &policy, stop_timeout, now, wall: std::time::SystemTime::UNIX_EPOCH };
+        let mut session = Session::new();
+        let feed = |session: &mut Session, input: Input| {
+            let mut queue = vec![input];
+            while let Some(input) = queue.pop() {
+                for effect in session.handle(input, cx) {
+                    match effect {
+                        Effect::Prepare => queue.push(Input::Prepared),
+                        Effect::Spawn => queue.push(Input::Spawned { pid: 7 }),
+                        Effect::Collect => queue.push(Input::Ended { jitter: sample }),
+                        _ => {}
+                    }
+                }
+            }
+        };
+        feed(&mut session, Input::Start);
+        feed(&mut session, Input::Event(wa_ctl_core::protocol::WorkerEvent::Connected { jid: None }));
+        feed(&mut session, Input::Event(wa_ctl_core::protocol::WorkerEvent::Alive));
+        feed(&mut session, Input::Tick);
+        feed(&mut session, Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code: 408, reason: None, retry_after_s: Some(u64::MAX) }));
+        feed(&mut session, Input::Reaped { exit: ExitKind::Code(0) });
+        if let Some(retry) = session.next_retry {
+            prop_assert!(retry >= now);
+            // A worker's retry_after_s is honoured up to its own bound.
+            let bound = max_backoff.max(wa_ctl_core::lifecycle::MAX_RETRY_AFTER);
+            prop_assert!(retry.saturating_duration_since(now) <= bound);
+        }
+        feed(&mut session, Input::Tick);
+        feed(&mut session, Input::Start);
+        feed(&mut session, Input::Stop);
+        feed(&mut session, Input::Tick);
+    }
 
     #[test]
     fn config_parser_never_panics(text in "\\PC*") {

@@ -16,7 +16,7 @@
 //! |---|---|
 //! | `connect[=JID]` | report `connected` |
 //! | `qr=CODE` | report `qr` |
-//! | `pair=CODE` | report `pair_code`; `pair=$PHONE` reports `PH` and `$WA_CTL_PAIR_PHONE` |
+//! | `pair=CODE` | report `pair_code`; `pair=$PHONE` reports the last 8 digits of `$WA_CTL_PAIR_PHONE` |
 //! | `close=CODE[:REASON]` | report `closed` |
 //! | `sleep=DURATION` | wait (humantime: `50ms`, `2s`) |
 //! | `exit=N` | exit with status N |
@@ -28,6 +28,7 @@
 //! | `raw=TEXT` | write TEXT and a newline to the events fd as is |
 //! | `alive` | report `alive` once |
 //! | `alive=DURATION` | report `alive` now and then every DURATION, from a thread, while the script goes on |
+//! | `stdout=TEXT` | write TEXT and a newline to stdout as is (it lands in the supervisor's log, control characters and all) |
 //! | `junk=KIND` | write `long` (a 100 KiB line), `huge` (a 10 MB line), `binary`, `flood` (100,000 events) or `million` (1,000,000 events) |
 //! | `@N:STEP` | run STEP only on the Nth spawn of this session (1-based) |
 //! | `@N+:STEP` | run STEP on the Nth spawn and every later one |
@@ -215,8 +216,11 @@ fn main() -> ExitCode {
                     .as_bytes(),
             ),
             "pair" if value == "$PHONE" => {
+                // A valid pair code that shows the phone arrived: its last
+                // eight digits, zero-padded.
                 let phone = std::env::var("WA_CTL_PAIR_PHONE").unwrap_or_default();
-                let line = serde_json::json!({"event": "pair_code", "code": format!("PH{phone}")})
+                let tail = &phone[phone.len().saturating_sub(8)..];
+                let line = serde_json::json!({"event": "pair_code", "code": format!("{tail:0>8}")})
                     .to_string();
                 emit_line(&mut events, line.as_bytes());
             }
@@ -332,6 +336,13 @@ fn main() -> ExitCode {
                         std::thread::sleep(every);
                     }
                 });
+            }
+            "stdout" => {
+                // One write, flushed at once: the test reads the log as soon
+                // as the next event shows the step ran.
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(format!("{value}\n").as_bytes());
+                let _ = stdout.flush();
             }
             "junk" => match value {
                 "long" => emit_line(&mut events, "x".repeat(100 * 1024).as_bytes()),

@@ -13,6 +13,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "config file {path} is larger than 1 MiB (the most wa-ctl reads): check that --config or $WA_CTL_CONFIG names the configuration"
+    )]
+    TooLarge { path: PathBuf },
     #[error("{path}:{line}:{column}: {}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
     Invalid {
         path: String,

@@ -11,6 +11,7 @@
 //! that into the types below, and `error` places failures in the file.
 
 mod error;
+pub mod limits;
 mod locate;
 mod raw;
 mod validate;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use self::error::ConfigError;
+pub use self::limits::{DURATION_LIMITS, DurationLimit};
 pub use self::locate::Environment;
 use crate::policy::Policy;
 use crate::session_id::SessionId;
@@ -121,25 +123,21 @@ impl Config {
         match candidate {
             Some(source @ ConfigSource::DefaultPath(_)) => {
                 let path = source.path().expect("default path source has a path");
-                match std::fs::read_to_string(path) {
+                match read_capped(path) {
                     Ok(text) => Config::parse(&text, source, env),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(ConfigError::Read { source: e, .. })
+                        if e.kind() == std::io::ErrorKind::NotFound =>
+                    {
                         Config::parse("", ConfigSource::Embedded, env)
                     }
-                    Err(source) => Err(ConfigError::Read {
-                        path: path.to_path_buf(),
-                        source,
-                    }),
+                    Err(e) => Err(e),
                 }
             }
             // A file named explicitly must exist: silently running on defaults
             // would hide a typo in a path.
             Some(source) => {
                 let path = source.path().expect("explicit source has a path");
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source: e,
-                })?;
+                let text = read_capped(path)?;
                 Config::parse(&text, source, env)
             }
             None => Config::parse("", ConfigSource::Embedded, env),
@@ -175,6 +173,8 @@ impl Config {
         let place = |(span, key, message): error::SpannedError| {
             error::invalid_at(&display_path, text, span, key, message)
         };
+        let stop_timeout =
+            validate::stop_timeout(raw.supervisor.stop_timeout.as_ref()).map_err(place)?;
         let policy = validate::policy(raw.policy).map_err(place)?;
         let sessions = validate::sessions(raw.worker, raw.session).map_err(place)?;
 
@@ -184,7 +184,7 @@ impl Config {
             supervisor: SupervisorConfig {
                 runtime_dir,
                 state_dir,
-                stop_timeout: validate::stop_timeout(raw.supervisor.stop_timeout),
+                stop_timeout,
             },
             policy,
             sessions,
@@ -215,6 +215,34 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// The largest configuration file read, in bytes. 10,000 sessions with a
+/// command and an environment each take about half of it; a larger file is
+/// a wrong path (`/dev/zero`, a log, a disk image), and reading it whole
+/// would take the memory it has (issue #9, item 2).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads the configuration file at `path`, refusing one over
+/// [`MAX_CONFIG_BYTES`] without reading further.
+fn read_capped(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// Writes a duration the way the file takes it ("10s", "1m 30s").
@@ -322,6 +350,27 @@ env = { B = "3" }
                 .starts_with("/etc/x/wa.toml:2:1: key `stop_timout`: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn config_files_are_read_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let at_cap = dir.path().join("at-cap.toml");
+        std::fs::write(&at_cap, vec![b'#'; MAX_CONFIG_BYTES as usize]).unwrap();
+        assert!(read_capped(&at_cap).is_ok());
+        let over = dir.path().join("over.toml");
+        std::fs::write(&over, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        let e = read_capped(&over).unwrap_err();
+        assert!(matches!(e, ConfigError::TooLarge { .. }), "{e:?}");
+        assert!(e.to_string().contains("1 MiB"), "{e}");
+        let e = read_capped(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().starts_with("config file /dev/zero "), "{e}");
+        let binary = dir.path().join("binary.toml");
+        std::fs::write(&binary, b"\xff\xfe").unwrap();
+        assert!(matches!(
+            read_capped(&binary),
+            Err(ConfigError::Read { .. })
+        ));
     }
 
     #[test]

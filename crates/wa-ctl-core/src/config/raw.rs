@@ -33,7 +33,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawSupervisor {
     pub(super) runtime_dir: Option<PathBuf>,
     pub(super) state_dir: Option<PathBuf>,
-    pub(super) stop_timeout: Option<HumanDuration>,
+    pub(super) stop_timeout: Option<toml::Spanned<HumanDuration>>,
 }
 
 /// `[worker]`: the command and environment every session starts from.
@@ -61,9 +61,9 @@ pub(super) struct RawPolicy {
     pub(super) max_backoff: Option<toml::Spanned<HumanDuration>>,
     pub(super) backoff_multiplier: Option<toml::Spanned<f64>>,
     pub(super) jitter: Option<toml::Spanned<f64>>,
-    pub(super) reset_after: Option<HumanDuration>,
+    pub(super) reset_after: Option<toml::Spanned<HumanDuration>>,
     pub(super) max_restarts: Option<u32>,
-    pub(super) restart_window: Option<HumanDuration>,
+    pub(super) restart_window: Option<toml::Spanned<HumanDuration>>,
     pub(super) start_timeout: Option<toml::Spanned<HumanDuration>>,
     pub(super) heartbeat_timeout: Option<toml::Spanned<HumanDuration>>,
     pub(super) codes: Option<BTreeMap<CloseKey, Action>>,

@@ -10,19 +10,39 @@ use std::time::Duration;
 
 use super::SessionConfig;
 use super::error::SpannedError;
+use super::limits::{self, DurationLimit};
 use super::raw::{HumanDuration, RawPolicy, RawSession, RawWorker};
 use crate::policy::Policy;
 use crate::session_id::SessionId;
 
+/// A duration key's value, checked against its range (see `limits`), or
+/// `default` when the file does not set it.
+pub(super) fn duration(
+    raw: Option<&toml::Spanned<HumanDuration>>,
+    limit: &DurationLimit,
+    default: Duration,
+) -> Result<Duration, SpannedError> {
+    match raw {
+        None => Ok(default),
+        Some(d) => limit
+            .check(d.get_ref().0)
+            .map_err(|message| (d.span(), limit.key, message)),
+    }
+}
+
 /// The effective policy: the defaults with the file's values over them.
 pub(super) fn policy(raw: RawPolicy) -> Result<Policy, SpannedError> {
     let mut p = Policy::default();
-    if let Some(d) = &raw.initial_backoff {
-        p.initial_backoff = d.get_ref().0;
-    }
-    if let Some(d) = &raw.max_backoff {
-        p.max_backoff = d.get_ref().0;
-    }
+    p.initial_backoff = duration(
+        raw.initial_backoff.as_ref(),
+        &limits::INITIAL_BACKOFF,
+        p.initial_backoff,
+    )?;
+    p.max_backoff = duration(
+        raw.max_backoff.as_ref(),
+        &limits::MAX_BACKOFF,
+        p.max_backoff,
+    )?;
     if p.initial_backoff > p.max_backoff {
         let span = raw
             .initial_backoff
@@ -62,21 +82,29 @@ pub(super) fn policy(raw: RawPolicy) -> Result<Policy, SpannedError> {
         }
         p.jitter = v;
     }
-    if let Some(d) = raw.reset_after {
-        p.reset_after = d.0;
-    }
+    p.reset_after = duration(
+        raw.reset_after.as_ref(),
+        &limits::RESET_AFTER,
+        p.reset_after,
+    )?;
     if let Some(n) = raw.max_restarts {
         p.max_restarts = n;
     }
-    if let Some(d) = raw.restart_window {
-        p.restart_window = d.0;
-    }
-    if let Some(d) = raw.start_timeout {
-        p.start_timeout = d.into_inner().0;
-    }
-    if let Some(d) = raw.heartbeat_timeout {
-        p.heartbeat_timeout = d.into_inner().0;
-    }
+    p.restart_window = duration(
+        raw.restart_window.as_ref(),
+        &limits::RESTART_WINDOW,
+        p.restart_window,
+    )?;
+    p.start_timeout = duration(
+        raw.start_timeout.as_ref(),
+        &limits::START_TIMEOUT,
+        p.start_timeout,
+    )?;
+    p.heartbeat_timeout = duration(
+        raw.heartbeat_timeout.as_ref(),
+        &limits::HEARTBEAT_TIMEOUT,
+        p.heartbeat_timeout,
+    )?;
     if let Some(codes) = raw.codes {
         p.codes.extend(codes);
     }
@@ -154,8 +182,10 @@ pub(super) fn sessions(
 }
 
 /// The stop timeout, 10 seconds unless the file says otherwise.
-pub(super) fn stop_timeout(raw: Option<HumanDuration>) -> Duration {
-    raw.map_or(Duration::from_secs(10), |d| d.0)
+pub(super) fn stop_timeout(
+    raw: Option<&toml::Spanned<HumanDuration>>,
+) -> Result<Duration, SpannedError> {
+    duration(raw, &limits::STOP_TIMEOUT, Duration::from_secs(10))
 }
 
 fn check_command(command: &[String]) -> Result<(), String> {
@@ -226,10 +256,41 @@ mod tests {
             ),
             ("[[session]]\ncommand = [\"\"]\n", 2, "session.command"),
             ("[[session]]\nenv = { \"A=B\" = \"x\" }\n", 2, "session.env"),
+            (
+                "[policy]\n\ninitial_backoff = \"500000000000y\"\n",
+                3,
+                "policy.initial_backoff",
+            ),
+            (
+                "[policy]\nmax_backoff = \"2days\"\n",
+                2,
+                "policy.max_backoff",
+            ),
+            (
+                "[policy]\nreset_after = \"31days\"\n",
+                2,
+                "policy.reset_after",
+            ),
+            (
+                "[policy]\nrestart_window = \"1year\"\n",
+                2,
+                "policy.restart_window",
+            ),
         ] {
             let (l, k, _) = check(text).expect_err(text);
             assert_eq!((l, k), (line, key), "{text}");
         }
+    }
+
+    #[test]
+    fn durations_at_their_maximum_pass() {
+        check(
+            "[policy]\ninitial_backoff = \"1day\"\nmax_backoff = \"1day\"\n\
+             reset_after = \"30days\"\nrestart_window = \"30days\"\n",
+        )
+        .unwrap();
+        let (_, _, message) = check("[policy]\nmax_backoff = \"500000000000y\"\n").unwrap_err();
+        assert!(message.contains("maximum of 1day"), "{message}");
     }
 
     #[test]

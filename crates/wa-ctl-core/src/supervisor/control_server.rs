@@ -8,10 +8,13 @@
 //! - a client has [`REQUEST_TIMEOUT`] to send its request;
 //! - when `accept` fails for lack of descriptors (EMFILE, ENFILE) the
 //!   accept task backs off, doubling up to a second, and logs once per
-//!   episode instead of spinning.
+//!   episode instead of spinning. An episode lasts until [`QUIET`] passes
+//!   without a failure: out of descriptors, each one freed lets one accept
+//!   through before the next failure, and ending the episode there logged
+//!   two lines per connection (issue #9).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -31,6 +34,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause of the accept loop after a failed `accept`.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long `accept` must go without failing before a new failure counts
+/// as a new episode, and is logged.
+const QUIET: Duration = Duration::from_secs(10);
+
+/// A run of failed accepts, none more than [`QUIET`] after the last.
+struct FailureEpisode {
+    last_failure: Instant,
+    failures: u64,
+    /// Whether an accept has succeeded since the episode began (and that
+    /// was logged).
+    recovered: bool,
+}
+
 /// Serves the socket until the loop is gone. Requests go to `tx`.
 pub(super) fn spawn(listener: UnixListener, tx: mpsc::Sender<Event>) {
     tokio::spawn(accept_loop(listener, tx));
@@ -39,15 +55,20 @@ pub(super) fn spawn(listener: UnixListener, tx: mpsc::Sender<Event>) {
 async fn accept_loop(listener: UnixListener, tx: mpsc::Sender<Event>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Duration::ZERO;
+    let mut episode: Option<FailureEpisode> = None;
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
         };
         match listener.accept().await {
             Ok((stream, _)) => {
-                if !backoff.is_zero() {
-                    info!("control socket: accepting again");
-                    backoff = Duration::ZERO;
+                backoff = Duration::ZERO;
+                if let Some(episode) = episode.as_mut().filter(|e| !e.recovered) {
+                    info!(
+                        failures = episode.failures,
+                        "control socket: accepting again"
+                    );
+                    episode.recovered = true;
                 }
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -61,12 +82,30 @@ async fn accept_loop(listener: UnixListener, tx: mpsc::Sender<Event>) {
                 }
                 // Out of descriptors (or any other failure): pause rather
                 // than spin, and say so once per episode.
-                if backoff.is_zero() {
-                    warn!("control socket: accept failed, pausing: {e}");
-                    backoff = Duration::from_millis(5);
-                } else {
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                let now = Instant::now();
+                match episode.as_mut() {
+                    Some(episode) if now.duration_since(episode.last_failure) < QUIET => {
+                        episode.last_failure = now;
+                        episode.failures += 1;
+                    }
+                    _ => {
+                        warn!(
+                            "control socket: accept failed, pausing: {e} \
+                             (further failures within {}s of each other are not logged)",
+                            QUIET.as_secs()
+                        );
+                        episode = Some(FailureEpisode {
+                            last_failure: now,
+                            failures: 1,
+                            recovered: false,
+                        });
+                    }
                 }
+                backoff = if backoff.is_zero() {
+                    Duration::from_millis(5)
+                } else {
+                    backoff.saturating_mul(2).min(MAX_ACCEPT_BACKOFF)
+                };
                 tokio::time::sleep(backoff).await;
             }
         }

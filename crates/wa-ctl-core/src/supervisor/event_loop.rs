@@ -31,6 +31,7 @@ use crate::session_id::SessionId;
 use crate::session_lock::SessionLocks;
 use crate::status::{SessionRecord, StatusRecord, unix_ms};
 use crate::systemd::Notifier;
+use crate::text::Quoted;
 
 use super::control_server;
 use super::event::{Event, Generation, PrepareFailure, SlotId};
@@ -339,7 +340,12 @@ impl EventLoop {
                     if watchdog_at.is_some_and(|t| t <= now) {
                         // Reached only when the loop is free to run: a stuck
                         // loop misses its keep-alive and systemd restarts it.
-                        self.notifier.watchdog();
+                        // Not before READY=1: systemd arms the watchdog once
+                        // start-up is complete, and a keep-alive first would
+                        // read as a protocol out of order.
+                        if self.ready_sent {
+                            self.notifier.watchdog();
+                        }
                         watchdog_at = watchdog_interval.map(|i| now + i);
                     }
                     self.timers(now);
@@ -546,9 +552,9 @@ impl EventLoop {
         let s = &slot.session;
         let id = &self.config.sessions[idx].id;
         if let Some((code, reason, retry_after_s)) = closed {
-            info!(session = %id, code, reason = reason.as_deref().unwrap_or("-"), retry_after_s = ?retry_after_s, "{what}");
+            info!(session = %id, code, reason = %Quoted(reason.as_deref().unwrap_or("-")), retry_after_s = ?retry_after_s, "{what}");
         } else if before != (s.state, s.pairing_code.is_some()) {
-            info!(session = %id, state = %s.state, jid = %s.jid.as_deref().unwrap_or("-"), "{what}");
+            info!(session = %id, state = %s.state, jid = %Quoted(s.jid.as_deref().unwrap_or("-")), "{what}");
         } else {
             debug!(session = %id, "{what}");
         }

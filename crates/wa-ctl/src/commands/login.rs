@@ -1,12 +1,18 @@
 //! `wa-ctl login [ID] [--phone N]`: pairs a session, starting the supervisor
 //! if needed, and shows the QR code or pair code as the supervisor streams
 //! them.
+//!
+//! Everything shown here came from a worker: the supervisor validates the
+//! pair code and jid, and this command escapes every worker string it
+//! prints as well (`wa_ctl_core::text`), so that nothing reaches the
+//! terminal raw (issue #9).
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use wa_ctl_core::config::Config;
 use wa_ctl_core::control;
 use wa_ctl_core::lifecycle::State;
 use wa_ctl_core::lock::Probe;
+use wa_ctl_core::text::escape;
 
 use super::start::start_background;
 use super::{check_session, check_workers, out, probe, refuse_foreign};
@@ -39,7 +45,10 @@ pub(super) fn login(
     let mut shown_qr: Option<String> = None;
     let mut shown_code: Option<String> = None;
     let mut shown_state: Option<State> = None;
-    let last = control::login(
+    // The length of a QR payload that cannot be drawn: the stream is ended
+    // for it, and the error says so below rather than as a socket error.
+    let mut undrawable_qr: Option<usize> = None;
+    let streamed = control::login(
         &config.supervisor.runtime_dir,
         &id,
         phone.as_deref(),
@@ -50,7 +59,10 @@ pub(super) fn login(
                 .as_ref()
                 .filter(|qr| shown_qr.as_ref() != Some(*qr))
             {
-                let art = render_qr(qr).map_err(std::io::Error::other)?;
+                let Some(art) = render_qr(qr) else {
+                    undrawable_qr = Some(qr.len());
+                    return Err(std::io::Error::other("the QR code cannot be drawn"));
+                };
                 text.push_str(&format!(
                 "\n{art}\nScan with WhatsApp on your phone: Settings > Linked devices > Link a device.\n(session {id}; a new code replaces this one every few seconds)\n"
             ));
@@ -61,10 +73,11 @@ pub(super) fn login(
                 .as_ref()
                 .filter(|c| shown_code.as_ref() != Some(*c))
             {
+                let code = escape(code);
                 text.push_str(&format!(
                 "\nPair code for session {id}: {code}\nOn your phone: Settings > Linked devices > Link a device > Link with phone number instead.\n"
             ));
-                shown_code = Some(code.clone());
+                shown_code = update.pair_code.clone();
             }
             // Progress: every state change but the last one (the outcome is
             // printed below) goes to stderr, with the why of a close.
@@ -73,7 +86,9 @@ pub(super) fn login(
                 .filter(|s| !update.done && Some(*s) != shown_state && *s != State::Pairing)
             {
                 let why = match (&update.last_code, &update.last_reason) {
-                    (Some(code), Some(reason)) => format!(" (last close {code}: {reason})"),
+                    (Some(code), Some(reason)) => {
+                        format!(" (last close {code}: {})", escape(reason))
+                    }
                     (Some(code), None) => format!(" (last close {code})"),
                     _ => String::new(),
                 };
@@ -82,8 +97,14 @@ pub(super) fn login(
             shown_state = update.state;
             out(&text).map_err(std::io::Error::other)
         },
-    )?;
-    let Some(last) = last else {
+    );
+    if let Some(bytes) = undrawable_qr {
+        bail!(
+            "the worker sent a QR code of {bytes} bytes, too long to draw (a QR code holds at most {MAX_QR_DRAWN}): \
+             check the worker; `wa-ctl logs` shows what it reported"
+        );
+    }
+    let Some(last) = streamed? else {
         bail!("the supervisor closed the login stream")
     };
     if let Some(error) = last.error {
@@ -96,13 +117,16 @@ pub(super) fn login(
         State::Connected => {
             out(&format!(
                 "session {id}: connected{}\n",
-                last.jid.map(|j| format!(" as {j}")).unwrap_or_default()
+                last.jid
+                    .map(|j| format!(" as {}", escape(&j)))
+                    .unwrap_or_default()
             ))?;
             Ok(exit::SUCCESS)
         }
         state => {
             let why = last
                 .last_reason
+                .map(|r| escape(&r).into_owned())
                 .or(last.last_code.map(|c| c.to_string()))
                 .unwrap_or_default();
             let hint = match state {
@@ -138,15 +162,27 @@ fn phone_digits(phone: &str) -> anyhow::Result<String> {
     Ok(digits)
 }
 
-/// Renders a QR payload for a terminal, two modules per character cell.
-fn render_qr(payload: &str) -> anyhow::Result<String> {
-    let code = qrcode::QrCode::new(payload.as_bytes()).context("encoding the QR code")?;
-    Ok(code
-        .render::<qrcode::render::unicode::Dense1x2>()
-        .dark_color(qrcode::render::unicode::Dense1x2::Light)
-        .light_color(qrcode::render::unicode::Dense1x2::Dark)
-        .quiet_zone(true)
-        .build())
+/// The most bytes a QR code holds (version 40, error correction level L).
+const MAX_QR_DRAWN: usize = 2953;
+
+/// Renders a QR payload for a terminal, two modules per character cell, or
+/// `None` when it is too long for any QR code.
+///
+/// Level M (15% of the code may be damaged) holds 2,331 bytes; a longer
+/// payload falls back to level L (7%), which a phone reading a screen
+/// still scans.
+fn render_qr(payload: &str) -> Option<String> {
+    use qrcode::{EcLevel, QrCode};
+    let code = QrCode::with_error_correction_level(payload.as_bytes(), EcLevel::M)
+        .or_else(|_| QrCode::with_error_correction_level(payload.as_bytes(), EcLevel::L))
+        .ok()?;
+    Some(
+        code.render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
 }
 
 #[cfg(test)]
@@ -167,5 +203,8 @@ mod tests {
         let art = render_qr("2@abc,def,ghi").unwrap();
         assert!(art.lines().count() > 10);
         assert!(art.contains('█') || art.contains('▀') || art.contains('▄'));
+        assert!(render_qr(&"a".repeat(2500)).is_some(), "level L holds it");
+        assert!(render_qr(&"\u{1}".repeat(MAX_QR_DRAWN)).is_some());
+        assert!(render_qr(&"\u{1}".repeat(MAX_QR_DRAWN + 1)).is_none());
     }
 }

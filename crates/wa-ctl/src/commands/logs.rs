@@ -1,5 +1,9 @@
 //! `wa-ctl logs [-f] [-n N]`: the background supervisor's log file, or a
 //! pointer to the journal when it runs under systemd.
+//!
+//! Workers write their stdout and stderr to the same file, so it may hold
+//! anything: control characters are shown escaped (newlines and tabs kept),
+//! never sent to the terminal raw (issue #9).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -8,6 +12,7 @@ use anyhow::{Context as _, bail};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use wa_ctl_core::config::Config;
 use wa_ctl_core::lock::Probe;
+use wa_ctl_core::text::escape_lines;
 
 use super::{out, probe};
 use crate::exit;
@@ -61,11 +66,11 @@ pub(super) fn logs(config: &Config, follow: bool, lines: usize) -> anyhow::Resul
     }
 }
 
-/// Copies the rest of `file` to stdout; returns how many bytes.
+/// Copies the rest of `file` to stdout, escaped; returns how many bytes.
 fn copy_out(file: &mut File) -> anyhow::Result<u64> {
     let mut buf = Vec::new();
     file.read_to_end(&mut buf)?;
-    out(&String::from_utf8_lossy(&buf))?;
+    out(&escape_lines(&String::from_utf8_lossy(&buf)))?;
     Ok(buf.len() as u64)
 }
 

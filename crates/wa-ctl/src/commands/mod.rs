@@ -80,5 +80,5 @@ fn check_workers(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn stop_timeout(config: &Config) -> Duration {
-    config.supervisor.stop_timeout + STOP_MARGIN
+    config.supervisor.stop_timeout.saturating_add(STOP_MARGIN)
 }

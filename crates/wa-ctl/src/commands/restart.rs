@@ -16,7 +16,7 @@ pub(super) fn restart(config: &Config, id: Option<String>, force: bool) -> anyho
             check_session(config, &id)?;
             match probe(config)? {
                 Probe::Running { .. } => {
-                    let timeout = stop_timeout(config) + START_TIMEOUT;
+                    let timeout = stop_timeout(config).saturating_add(START_TIMEOUT);
                     session_request(config, Request::Restart { session: id }, timeout)
                 }
                 Probe::NotRunning => start(config, Some(id), false),

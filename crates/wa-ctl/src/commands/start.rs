@@ -71,9 +71,11 @@ fn report_held(config: &Config) -> anyhow::Result<()> {
 /// once every session has a worker (or failed to get one), which takes the
 /// grace of any leftover it must end first, and longer with many sessions.
 fn ready_timeout(config: &Config) -> std::time::Duration {
+    let per_session = std::time::Duration::from_millis(5)
+        .saturating_mul(u32::try_from(config.sessions.len()).unwrap_or(u32::MAX));
     START_TIMEOUT
-        + config.supervisor.stop_timeout
-        + std::time::Duration::from_millis(5) * config.sessions.len() as u32
+        .saturating_add(config.supervisor.stop_timeout)
+        .saturating_add(per_session)
 }
 
 /// The arguments a supervisor gets: `[--config PATH] start --foreground

@@ -17,6 +17,8 @@ use wa_ctl_core::config::Config;
 use wa_ctl_core::control::{self, ControlError, Request};
 use wa_ctl_core::lock::{Probe, SupervisorLock};
 use wa_ctl_core::{census, supervisor};
+// A command line is anyone's text: shown escaped, never raw (issue #9).
+use wa_ctl_core::text::escape;
 
 use super::{check_session, out, pid_text, probe, refuse_foreign, session_request, stop_timeout};
 use crate::exit;
@@ -42,13 +44,15 @@ fn end_strays(config: &Config) -> anyhow::Result<()> {
     for stray in &ended {
         out(&format!(
             "ended stray process {} ({})\n",
-            stray.pid, stray.cmdline
+            stray.pid,
+            escape(&stray.cmdline)
         ))?;
     }
     for stray in census.strays.iter().filter(|s| !s.same_user) {
         eprintln!(
             "wa-ctl: warning: stray process {} ({}) belongs to another user: not signalled",
-            stray.pid, stray.cmdline
+            stray.pid,
+            escape(&stray.cmdline)
         );
     }
     Ok(())
@@ -197,7 +201,8 @@ fn stop_supervisor(config: &Config, id: Option<String>, force: bool) -> anyhow::
             for leftover in &ended {
                 out(&format!(
                     "ended leftover process {} ({})\n",
-                    leftover.pid, leftover.cmdline
+                    leftover.pid,
+                    escape(&leftover.cmdline)
                 ))?;
             }
             out("not running\n")?;
@@ -255,7 +260,8 @@ fn stop_supervisor(config: &Config, id: Option<String>, force: bool) -> anyhow::
     for leftover in supervisor::end_orphans(config)? {
         out(&format!(
             "ended leftover process {} ({})\n",
-            leftover.pid, leftover.cmdline
+            leftover.pid,
+            escape(&leftover.cmdline)
         ))?;
     }
     out(&format!("stopped (pid {})\n", pid_text(pid)))?;

@@ -336,7 +336,7 @@ fn garbage_on_the_events_fd_keeps_memory_bounded() {
             "junk=binary",
             "raw={",
             "junk=million",
-            "connect=after@s",
+            "connect=2@s.whatsapp.net",
         ],
         "",
     );
@@ -344,7 +344,7 @@ fn garbage_on_the_events_fd_keeps_memory_bounded() {
     wait_until(
         "the event after the garbage",
         Duration::from_secs(60),
-        || (env.session("default")["jid"] == "after@s").then_some(()),
+        || (env.session("default")["jid"] == "2@s.whatsapp.net").then_some(()),
     );
     let pid = env.supervisor_pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -357,7 +357,7 @@ fn login_with_phone_uses_the_pair_code_flow() {
     env.wait_state("default", "pairing");
     let out = env.ok(&["login", "--phone", "+15551234567"]);
     assert!(
-        out.contains("Pair code for session default: PH15551234567"),
+        out.contains("Pair code for session default: 51234567"),
         "{out}"
     );
     assert!(out.contains("connected"), "{out}");

@@ -50,6 +50,16 @@ pub fn skip(reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
 }
 
+/// The first `name` on `$PATH`: a system tool a test needs.
+pub fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
 /// A child process that is killed and reaped when it goes out of scope, so
 /// a test that fails halfway leaves it neither running nor a zombie (the
 /// idea of rust-analyzer's `JodChild`).

@@ -5,9 +5,11 @@ mod harness;
 
 mod census;
 mod cli;
+mod descriptors;
 mod guarantees;
 mod hangs;
 mod holds;
+mod hostile_input;
 mod off_loop;
 mod policy;
 mod real_worker;

@@ -194,14 +194,14 @@ fn garbage_on_the_events_fd_is_ignored() {
             "junk=binary",
             "raw={\"event\":\"dance\"}",
             "junk=flood",
-            "connect=ok@s",
+            "connect=1@s.whatsapp.net",
         ],
         "",
     );
     env.ok(&["start"]);
     // The flood reports `connected` 100,000 times; the last event names the jid.
     wait_until("the event after the garbage", DEADLINE, || {
-        (env.session("default")["jid"] == "ok@s").then_some(())
+        (env.session("default")["jid"] == "1@s.whatsapp.net").then_some(())
     });
     assert_eq!(env.status().0, 0, "the supervisor is still up");
     let log = std::fs::read_to_string(env.state_dir().join("wa-ctl.log")).unwrap();

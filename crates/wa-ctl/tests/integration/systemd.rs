@@ -6,7 +6,9 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{ChildGuard, DEADLINE, TestEnv, command, run_with_deadline, skip, wa_ctl_bin};
+use crate::harness::{
+    ChildGuard, DEADLINE, TestEnv, command, run_with_deadline, skip, wa_ctl_bin, which,
+};
 
 /// Receives notifications into `messages` until `done` holds; fails the test
 /// with `what` at the deadline, whatever keeps arriving meanwhile (the
@@ -141,6 +143,22 @@ fn unit_file_verifies() {
         );
     }
     assert!(text.lines().any(|l| l.starts_with("WatchdogSec=")));
+    // Issue #9, item 1: the supervisor needs one descriptor per session
+    // plus a fixed base (192 at most, see `supervisor::BASE_DESCRIPTORS`);
+    // the unit must hold 10,000 sessions whatever the system's default.
+    let limit = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .unwrap_or_else(|| panic!("LimitNOFILE= missing from {}", unit.display()));
+    let hard: u64 = limit
+        .rsplit(':')
+        .next()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| panic!("LimitNOFILE={limit} is not a number or soft:hard"));
+    assert!(
+        hard >= 10_000 + 192,
+        "LimitNOFILE={limit} cannot hold 10,000 sessions"
+    );
     // systemd-analyze checks the unit where systemd is installed; .ci/run
     // installs it. Its absence is a printed skip, and a failure in CI.
     let Ok(analyze) = which("systemd-analyze") else {
@@ -174,13 +192,4 @@ fn unit_file_verifies() {
         out.status.success() && ours.is_empty(),
         "systemd-analyze verify: {stderr}"
     );
-}
-
-fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or(())
 }
