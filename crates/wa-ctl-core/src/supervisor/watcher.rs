@@ -10,7 +10,7 @@
 //! so no buffer is held across an await).
 
 use std::cell::RefCell;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
@@ -54,7 +54,20 @@ enum Read {
     WouldBlock,
 }
 
-fn read_once(pipe: &pipe::Receiver, splitter: &mut LineSplitter, slot: SlotId) -> Read {
+/// How `read_once` reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Through tokio, once it reported the pipe readable.
+    Ready,
+    /// With `read(2)` itself, whatever tokio believes: after the worker was
+    /// reaped, when tokio may not have seen the pipe readable yet (a worker
+    /// that wrote `closed` and exited within a millisecond of its spawn).
+    /// Tokio's `try_read` answers `WouldBlock` from its cached readiness
+    /// without asking the kernel, and the last `closed` would be lost.
+    Direct,
+}
+
+fn read_once(pipe: &pipe::Receiver, splitter: &mut LineSplitter, slot: SlotId, how: How) -> Read {
     READ_BUFFER.with(|buf| {
         let mut buf = buf.borrow_mut();
         let mut batch = Vec::new();
@@ -62,7 +75,11 @@ fn read_once(pipe: &pipe::Receiver, splitter: &mut LineSplitter, slot: SlotId) -
             Ok(event) => batch.push(event),
             Err(e) => warn!(slot, "ignoring a line from the worker: {e}"),
         };
-        match pipe.try_read(&mut buf) {
+        let read = match how {
+            How::Ready => pipe.try_read(&mut buf),
+            How::Direct => nix::unistd::read(pipe.as_fd(), &mut buf).map_err(std::io::Error::from),
+        };
+        match read {
             Ok(0) => {
                 splitter.finish(&mut forward);
                 Read::Eof(batch)
@@ -106,7 +123,7 @@ async fn watch(
                     open = false;
                     continue;
                 }
-                match read_once(pipe.as_ref().expect("guarded by open"), &mut splitter, slot) {
+                match read_once(pipe.as_ref().expect("guarded by open"), &mut splitter, slot, How::Ready) {
                     Read::Lines(batch) => batch,
                     Read::Eof(batch) => {
                         open = false;
@@ -132,7 +149,7 @@ async fn watch(
     if let Some(p) = &pipe {
         let mut budget = DRAIN_LIMIT;
         while open && budget > 0 {
-            let batch = match read_once(p, &mut splitter, slot) {
+            let batch = match read_once(p, &mut splitter, slot, How::Direct) {
                 Read::Lines(batch) => {
                     budget = budget.saturating_sub(READ_CHUNK);
                     batch

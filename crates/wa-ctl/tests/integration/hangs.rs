@@ -157,3 +157,27 @@ fn a_mass_stop_gives_no_false_sigkill_warnings() {
     );
     assert!(log.contains("exit=signal 15 "), "the log has the exits");
 }
+
+/// A worker that writes `closed` and exits within a millisecond of its
+/// spawn: its close code decides, never its exit status. (Found in issue
+/// #9's work: the drain after the reap asked tokio, which had not yet seen
+/// the pipe readable, and lost the line; 1 start in about 30.)
+#[test]
+fn a_close_written_just_before_a_fast_exit_is_never_lost() {
+    let sessions: String = (0..40)
+        .map(|i| format!("[[session]]\nid = \"s{i}\"\n"))
+        .collect();
+    let env = TestEnv::with_worker(&["close=440:conflict", "exit=0"], &sessions);
+    env.ok(&["start"]);
+    let v = wait_until("every session to be stopped", DEADLINE, || {
+        let (_, v) = env.status();
+        v["sessions"]
+            .as_array()?
+            .iter()
+            .all(|s| s["state"] == "stopped")
+            .then_some(v)
+    });
+    for s in v["sessions"].as_array().unwrap() {
+        assert_eq!(s["last_code"], 440, "{s}");
+    }
+}
