@@ -435,7 +435,10 @@ fn noisy_peer_hits_the_start_deadline_with_408() {
     let elapsed = running.started.elapsed();
     assert_eq!(closed["code"], 408, "{closed}");
     let reason = closed["reason"].as_str().unwrap();
-    assert!(reason.contains("start deadline") && reason.contains("2s"), "{reason}");
+    assert!(
+        reason.contains("start deadline") && reason.contains("2s"),
+        "{reason}"
+    );
     assert!(elapsed >= start_deadline, "reported after {elapsed:?}");
     assert!(
         running.seen.iter().all(|e| e["event"] == "closed"),
@@ -481,7 +484,11 @@ fn corrupt_store_reports_600_at_once_and_leaves_the_file_alone() {
     let (status, rest, stderr) = running.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(rest.is_empty(), "the close is the last word: {rest:?}");
-    assert_eq!(std::fs::read(&db).unwrap(), garbage, "the store was modified");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "the store was modified"
+    );
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
