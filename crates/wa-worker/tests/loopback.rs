@@ -495,3 +495,26 @@ fn corrupt_store_reports_600_at_once_and_leaves_the_file_alone() {
         .collect();
     assert_eq!(files, ["session.db"], "no -wal or -shm beside it");
 }
+
+/// The store check condemns no sound store: a store the worker wrote
+/// itself (with the `-wal` and `-shm` it leaves) opens again (issue #9).
+#[test]
+fn a_store_the_worker_wrote_is_not_reported_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for run in 0..2 {
+        let running = Running::spawn(
+            worker(dir.path())
+                .arg("--url")
+                .arg(format!("ws://127.0.0.1:{port}/ws/chat")),
+        );
+        let (status, events, stderr) = running.wait_exit(DEADLINE);
+        assert!(status.success(), "run {run}: {status:?} {stderr}");
+        assert_eq!(events.len(), 1, "run {run}: {events:?}");
+        assert_eq!(events[0]["code"], 408, "run {run}: {events:?} {stderr}");
+    }
+}
