@@ -36,8 +36,9 @@ const EXIT_FAILURE: u8 = 1;
 /// grace is longer, and the worker promises to be gone within 2 s.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The longest start deadline accepted: beyond a day it is a typo, and the
-/// bound keeps deadline arithmetic far from overflowing.
+/// The longest start deadline accepted (24h, as its error message says):
+/// beyond a day it is a typo, and the bound keeps deadline arithmetic far
+/// from overflowing.
 const MAX_START_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The client version announced when `--url` points the worker elsewhere
@@ -50,6 +51,11 @@ const TEST_ENDPOINT_VERSION: (u32, u32, u32) = (2, 3000, 1_000_000_000);
 /// wa-ctl starts it with WA_CTL_SESSION_ID, WA_CTL_SESSION_DIR and
 /// WA_CTL_EVENTS_FD set; it is not meant to be started by hand. To debug it
 /// by hand, give it a session directory: events then go to stdout.
+///
+/// It reports qr or pair_code while it waits for pairing, connected once
+/// the connection is up, alive every 20 s while it stays up, and one closed
+/// event with a close code when it ends; then it exits. The codes are listed
+/// in docs/worker-protocol.md, "The outcomes of wa-worker".
 #[derive(Debug, Parser)]
 #[command(name = "wa-worker", version)]
 struct Args {
@@ -82,10 +88,7 @@ struct Args {
 fn parse_start_deadline(text: &str) -> Result<Duration, String> {
     let deadline = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if deadline.is_zero() || deadline > MAX_START_DEADLINE {
-        return Err(format!(
-            "must be more than 0s and at most {}",
-            humantime::format_duration(MAX_START_DEADLINE)
-        ));
+        return Err("must be more than 0s and at most 24h".to_owned());
     }
     Ok(deadline)
 }
