@@ -1,11 +1,16 @@
 //! How each library event maps to the worker protocol: a pure function, so
 //! that every row of the table in `docs/worker-protocol.md` is a unit test.
 
-use whatsapp_rust::types::events::Event;
+use std::time::{Duration, SystemTime};
+
+use whatsapp_rust::OwnedNodeRef;
+use whatsapp_rust::types::events::{ConnectFailure, Event, TemporaryBan};
+use whatsapp_rust::wacore::stanza::connect_failure::ConnectFailureStanza;
 
 /// Close codes the worker reports.
 pub mod code {
-    /// Network loss, keepalive failure, or a transport that cannot connect.
+    /// Network loss, keepalive failure, a transport that cannot connect, or
+    /// no pairing code nor connection within the start deadline.
     pub const TIMED_OUT: u16 = 408;
     /// Another connection with the same credentials replaced this one.
     pub const CONFLICT: u16 = 440;
@@ -19,19 +24,37 @@ pub mod code {
     pub const RESTART_REQUIRED: u16 = 515;
     /// A stream error without a numeric code.
     pub const STREAM_ERROR: u16 = 500;
+    /// The server is unavailable or rate-limits this session.
+    pub const SERVICE_UNAVAILABLE: u16 = 503;
+    /// The credential store is not a readable SQLite database.
+    pub const STORE_UNREADABLE: u16 = 600;
 }
+
+/// The pair-code alphabet of whatsapp-rust (Crockford base 32 without 0, I,
+/// O and U); a code is eight of these, without a separator.
+const PAIR_CODE_ALPHABET: &[u8; 32] = b"123456789ABCDEFGHJKLMNPQRSTVWXYZ";
 
 /// What a library event means for the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// A QR code to show (secret).
     Qr(String),
-    /// A pair code to show.
+    /// A pair code to show (secret): eight characters of
+    /// [`PAIR_CODE_ALPHABET`].
     PairCode(String),
+    /// The library produced a pair code the protocol cannot carry. The code
+    /// itself is a secret and is not kept.
+    BadPairCode { length: usize },
     /// The connection is up.
     Connected,
     /// The connection ended, or will: this code decides what happens next.
-    Close { code: u16, reason: String },
+    /// `retry_after_s` is the server's word on when to try again, if it gave
+    /// one.
+    Close {
+        code: u16,
+        reason: String,
+        retry_after_s: Option<u64>,
+    },
     /// A lost connection (408). Reported only if nothing more specific came
     /// first: a logout is followed by a disconnect, and the logout decides.
     Lost { reason: String },
@@ -41,16 +64,29 @@ pub enum Report {
     Ignore,
 }
 
-/// Maps one library event.
-pub fn classify(event: &Event) -> Report {
+impl Report {
+    fn close(code: u16, reason: String) -> Report {
+        Report::Close {
+            code,
+            reason,
+            retry_after_s: None,
+        }
+    }
+}
+
+/// Maps one library event; `now` dates a ban's expiry in its reason.
+pub fn classify(event: &Event, now: SystemTime) -> Report {
     match event {
         Event::PairingQrCode(qr) => Report::Qr(qr.code.clone()),
-        Event::PairingCode(pc) => Report::PairCode(pc.code.clone()),
-        Event::Connected(_) => Report::Connected,
-        Event::StreamReplaced(_) => Report::Close {
-            code: code::CONFLICT,
-            reason: "stream replaced: another connection uses these credentials".to_owned(),
+        Event::PairingCode(pc) if is_pair_code(&pc.code) => Report::PairCode(pc.code.clone()),
+        Event::PairingCode(pc) => Report::BadPairCode {
+            length: pc.code.len(),
         },
+        Event::Connected(_) => Report::Connected,
+        Event::StreamReplaced(_) => Report::close(
+            code::CONFLICT,
+            "stream replaced: another connection uses these credentials".to_owned(),
+        ),
         Event::LoggedOut(logout) => {
             // The library reports 401, 403 (account locked) or 406 (unknown
             // logout); anything else it calls a logout is a 401.
@@ -59,47 +95,23 @@ pub fn classify(event: &Event) -> Report {
                 Ok(c @ (401 | 403 | 406)) => c,
                 _ => code::LOGGED_OUT,
             };
-            Report::Close {
-                code,
-                reason: format!("logged out ({reason_code})"),
-            }
+            Report::close(code, format!("logged out ({reason_code})"))
         }
-        Event::ConnectFailure(failure) => {
-            let n = failure.reason.code();
-            Report::Close {
-                code: u16::try_from(n).unwrap_or(code::STREAM_ERROR),
-                reason: match &failure.message {
-                    Some(m) => format!("connect failure {n}: {m}"),
-                    None => format!("connect failure {n}"),
-                },
-            }
-        }
-        Event::TemporaryBan(ban) => Report::Close {
-            code: code::TEMP_BANNED,
-            reason: format!(
-                "temporary ban ({}), expires in {}s",
-                ban.code,
-                ban.expire.num_seconds()
-            ),
-        },
-        Event::ClientOutdated(_) => Report::Close {
-            code: code::CLIENT_OUTDATED,
-            reason: "client outdated: upgrade wa-worker".to_owned(),
-        },
-        Event::PairSuccess(_) => Report::Close {
-            code: code::RESTART_REQUIRED,
-            reason: "paired: restart required".to_owned(),
-        },
+        Event::ConnectFailure(failure) => connect_failure(failure),
+        Event::TemporaryBan(ban) => temporary_ban(ban, now),
+        Event::ClientOutdated(_) => Report::close(
+            code::CLIENT_OUTDATED,
+            "client outdated: upgrade wa-worker".to_owned(),
+        ),
+        Event::PairSuccess(_) => Report::close(
+            code::RESTART_REQUIRED,
+            "paired: restart required".to_owned(),
+        ),
         Event::StreamError(err) => match err.code.parse::<u16>() {
-            Ok(n) => Report::Close {
-                code: n,
-                reason: format!("stream error {n}"),
-            },
-            Err(_) => Report::Close {
-                code: code::STREAM_ERROR,
-                reason: format!("stream error `{}`", err.code),
-            },
+            Ok(n) => Report::close(n, format!("stream error {n}")),
+            Err(_) => Report::close(code::STREAM_ERROR, format!("stream error `{}`", err.code)),
         },
+        Event::RawNode(node) => raw_stream_error(node),
         Event::Disconnected(d) => Report::Lost {
             reason: format!("disconnected: {}", d.reason),
         },
@@ -108,21 +120,135 @@ pub fn classify(event: &Event) -> Report {
     }
 }
 
+/// Whether `code` is what the protocol's `pair_code` carries: exactly eight
+/// characters of the library's alphabet, upper case, no separator.
+pub fn is_pair_code(code: &str) -> bool {
+    code.len() == 8 && code.bytes().all(|b| PAIR_CODE_ALPHABET.contains(&b))
+}
+
+/// A ban lasts `expire` from the moment the server said so: that is the
+/// earliest retry, and the reason names the moment in UTC so that a person
+/// reading `wa-ctl status` later still knows when it ends.
+fn temporary_ban(ban: &TemporaryBan, now: SystemTime) -> Report {
+    // A negative duration from the server means the ban is already over.
+    let seconds = u64::try_from(ban.expire.num_seconds()).unwrap_or(0);
+    let until = now
+        .checked_add(Duration::from_secs(seconds))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "a time too far to show".to_owned());
+    Report::Close {
+        code: code::TEMP_BANNED,
+        reason: format!(
+            "temporary ban ({}), expires in {seconds}s, at {until}",
+            ban.code
+        ),
+        retry_after_s: Some(seconds),
+    }
+}
+
+/// A `<failure>` keeps its reason number. Its `expire` attribute, when the
+/// server sends one, is the only retry hint the stanza has (a duration in
+/// seconds, as on a ban), so it becomes `retry_after_s` whatever the reason:
+/// a 402 whose ban code the library could not read lands here too.
+fn connect_failure(failure: &ConnectFailure) -> Report {
+    let n = failure.reason.code();
+    let expire = failure.raw.as_ref().and_then(|raw| {
+        let node = raw.as_node_ref();
+        ConnectFailureStanza::parse(&node).expire
+    });
+    let mut reason = match &failure.message {
+        Some(m) => format!("connect failure {n}: {m}"),
+        None => format!("connect failure {n}"),
+    };
+    if let Some(seconds) = expire {
+        reason.push_str(&format!(", retry in {seconds}s"));
+    }
+    Report::Close {
+        code: u16::try_from(n).unwrap_or(code::STREAM_ERROR),
+        reason,
+        retry_after_s: expire,
+    }
+}
+
+/// whatsapp-rust handles `<stream:error code="503">` (the server going down),
+/// `code="429"` (rate limited) and `code="515"` (restart required) by itself
+/// and emits no event for them, only the disconnect that follows, which
+/// alone would read as a network loss (408). The raw stanza is the one place
+/// the worker sees them. 503 and 429 both mean "come back later", so both
+/// are reported as 503; the stanza carries no retry hint, so `retry_after_s`
+/// is left to the supervisor's backoff.
+fn raw_stream_error(node: &OwnedNodeRef) -> Report {
+    if node.tag() != "stream:error" {
+        return Report::Ignore;
+    }
+    stream_error_close(node.attrs().optional_string("code").as_deref())
+}
+
+/// The close for a `<stream:error>` with this `code`, for the codes the
+/// library keeps to itself; every other stream error reaches the worker as
+/// an event of its own.
+fn stream_error_close(code: Option<&str>) -> Report {
+    match code {
+        Some("503") => Report::close(
+            code::SERVICE_UNAVAILABLE,
+            "stream error 503: service unavailable".to_owned(),
+        ),
+        Some("429") => Report::close(
+            code::SERVICE_UNAVAILABLE,
+            "stream error 429: rate limited".to_owned(),
+        ),
+        Some("515") => Report::close(
+            code::RESTART_REQUIRED,
+            "stream error 515: restart required".to_owned(),
+        ),
+        _ => Report::Ignore,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
-    use whatsapp_rust::Jid;
     use whatsapp_rust::types::events::*;
     use whatsapp_rust::wacore::net::DisconnectReason;
+    use whatsapp_rust::wacore::pair_code::PairCodeUtils;
+    use whatsapp_rust::wacore_binary::marshal::marshal;
+    use whatsapp_rust::{Jid, NodeBuilder, OwnedNodeRef};
 
     use super::*;
+    use std::sync::Arc;
 
-    fn close(event: Event) -> u16 {
-        match classify(&event) {
-            Report::Close { code, .. } => code,
+    /// 2026-01-01T00:00:00Z, so that expiry times are exact.
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_767_225_600)
+    }
+
+    fn report(event: Event) -> Report {
+        classify(&event, now())
+    }
+
+    /// The code, reason and retry hint of a close.
+    fn close_of(event: Event) -> (u16, String, Option<u64>) {
+        match report(event) {
+            Report::Close {
+                code,
+                reason,
+                retry_after_s,
+            } => (code, reason, retry_after_s),
             other => panic!("expected a close, got {other:?}"),
         }
+    }
+
+    fn close(event: Event) -> u16 {
+        close_of(event).0
+    }
+
+    /// A decoded stanza, as the library forwards it in `Event::RawNode`.
+    fn raw_node(node: whatsapp_rust::wacore_binary::Node) -> Event {
+        // The wire form starts with a format byte that the decoder expects
+        // stripped, as the library's own read loop does.
+        let bytes = marshal(&node).unwrap();
+        Event::RawNode(Arc::new(OwnedNodeRef::new(bytes[1..].to_vec()).unwrap()))
     }
 
     #[test]
@@ -148,8 +274,8 @@ mod tests {
         let failure =
             |reason| Event::ConnectFailure(ConnectFailure::builder().reason(reason).build());
         assert_eq!(
-            close(failure(ConnectFailureReason::ServiceUnavailable)),
-            503
+            close_of(failure(ConnectFailureReason::ServiceUnavailable)),
+            (503, "connect failure 503".to_owned(), None)
         );
         assert_eq!(
             close(failure(ConnectFailureReason::InternalServerError)),
@@ -159,19 +285,73 @@ mod tests {
         assert_eq!(close(failure(ConnectFailureReason::Unknown(499))), 499);
     }
 
+    /// issue #9, item 9: a `<failure>` that says how long to stay away is
+    /// never retried sooner, whatever its reason.
     #[test]
-    fn temporary_ban_is_402_with_expiry() {
-        let ban = TemporaryBan::builder()
-            .code(TempBanReason::BlockedByUsers)
-            .expire(whatsapp_rust::chrono::Duration::seconds(3600))
-            .build();
-        match classify(&Event::TemporaryBan(ban)) {
-            Report::Close { code, reason } => {
-                assert_eq!(code, 402);
-                assert!(reason.contains("3600s"), "{reason}");
-            }
-            other => panic!("{other:?}"),
-        }
+    fn connect_failure_with_expire_carries_retry_after() {
+        let stanza = |reason: &str| {
+            NodeBuilder::new("failure")
+                .attr("reason", reason)
+                .attr("expire", "120")
+                .build()
+        };
+        let event = |reason, raw| {
+            Event::ConnectFailure(ConnectFailure::builder().reason(reason).raw(raw).build())
+        };
+        assert_eq!(
+            close_of(event(
+                ConnectFailureReason::ServiceUnavailable,
+                stanza("503")
+            )),
+            (
+                503,
+                "connect failure 503, retry in 120s".to_owned(),
+                Some(120)
+            )
+        );
+        // A ban the library could not type (no `code`) is still a 402 that
+        // waits out its `expire`.
+        assert_eq!(
+            close_of(event(ConnectFailureReason::TempBanned, stanza("402"))),
+            (
+                402,
+                "connect failure 402, retry in 120s".to_owned(),
+                Some(120)
+            )
+        );
+        // Without `expire` there is no hint: the backoff decides.
+        let bare = NodeBuilder::new("failure").attr("reason", "503").build();
+        assert_eq!(
+            close_of(event(ConnectFailureReason::ServiceUnavailable, bare)).2,
+            None
+        );
+    }
+
+    /// issue #9, item 9: a temporary ban is 402, retried no sooner than its
+    /// expiry, which the reason names.
+    #[test]
+    fn temporary_ban_is_402_with_retry_after_its_expiry() {
+        let ban = |seconds| {
+            Event::TemporaryBan(
+                TemporaryBan::builder()
+                    .code(TempBanReason::BlockedByUsers)
+                    .expire(whatsapp_rust::chrono::Duration::seconds(seconds))
+                    .build(),
+            )
+        };
+        assert_eq!(
+            close_of(ban(3600)),
+            (
+                402,
+                "temporary ban (102: too many people blocked you), expires in 3600s, \
+                 at 2026-01-01T01:00:00Z"
+                    .to_owned(),
+                Some(3600)
+            )
+        );
+        // A ban that is already over waits for nothing.
+        let (code, reason, retry_after_s) = close_of(ban(-5));
+        assert_eq!((code, retry_after_s), (402, Some(0)), "{reason}");
     }
 
     #[test]
@@ -208,6 +388,41 @@ mod tests {
         );
     }
 
+    /// issue #9, item 9: the stream errors the library keeps to itself are
+    /// read from the raw stanza; 503 and 429 are "come back later" (503),
+    /// 515 is a restart.
+    #[test]
+    fn raw_stream_errors_503_429_515() {
+        let stream_error =
+            |code: &str| raw_node(NodeBuilder::new("stream:error").attr("code", code).build());
+        assert_eq!(
+            close_of(stream_error("503")),
+            (
+                503,
+                "stream error 503: service unavailable".to_owned(),
+                None
+            )
+        );
+        assert_eq!(
+            close_of(stream_error("429")),
+            (503, "stream error 429: rate limited".to_owned(), None)
+        );
+        assert_eq!(close(stream_error("515")), 515);
+        // The library reports every other stream error itself.
+        assert_eq!(report(stream_error("401")), Report::Ignore);
+        assert_eq!(
+            report(raw_node(NodeBuilder::new("stream:error").build())),
+            Report::Ignore
+        );
+        // Other stanzas are no close, whatever their attributes.
+        assert_eq!(
+            report(raw_node(
+                NodeBuilder::new("failure").attr("code", "503").build()
+            )),
+            Report::Ignore
+        );
+    }
+
     #[test]
     fn disconnected_is_a_408_loss() {
         for reason in [
@@ -215,7 +430,7 @@ mod tests {
             DisconnectReason::ReadError("reset".into()),
         ] {
             let event = Event::Disconnected(Disconnected::builder().reason(reason).build());
-            assert!(matches!(classify(&event), Report::Lost { .. }));
+            assert!(matches!(report(event), Report::Lost { .. }));
         }
     }
 
@@ -226,7 +441,16 @@ mod tests {
                 .disconnected(true)
                 .build(),
         );
-        assert_eq!(classify(&event), Report::PairingExpired);
+        assert_eq!(report(event), Report::PairingExpired);
+    }
+
+    fn pair_code(code: &str) -> Event {
+        Event::PairingCode(
+            PairingCode::builder()
+                .code(code.to_owned())
+                .timeout(Duration::from_secs(60))
+                .build(),
+        )
     }
 
     #[test]
@@ -235,21 +459,41 @@ mod tests {
             .code("2@abc".to_owned())
             .timeout(Duration::from_secs(60))
             .build();
+        assert_eq!(report(Event::PairingQrCode(qr)), Report::Qr("2@abc".into()));
         assert_eq!(
-            classify(&Event::PairingQrCode(qr)),
-            Report::Qr("2@abc".into())
-        );
-        let pc = PairingCode::builder()
-            .code("ABCD1234".to_owned())
-            .timeout(Duration::from_secs(60))
-            .build();
-        assert_eq!(
-            classify(&Event::PairingCode(pc)),
+            report(pair_code("ABCD1234")),
             Report::PairCode("ABCD1234".into())
         );
         assert_eq!(
-            classify(&Event::Connected(Connected::builder().build())),
+            report(Event::Connected(Connected::builder().build())),
             Report::Connected
+        );
+    }
+
+    /// issue #9, item 5: only eight characters of the library's alphabet
+    /// reach the supervisor as a pair code.
+    #[test]
+    fn pair_codes_are_validated() {
+        for _ in 0..1000 {
+            let code = PairCodeUtils::generate_code();
+            assert!(is_pair_code(&code), "{code}");
+            assert!(PairCodeUtils::validate_code(&code));
+        }
+        for bad in [
+            "ABCD-1234",
+            "ABCD123",
+            "ABCD12345",
+            "abcd1234",
+            "ABCD0123",
+            "ABCDI123",
+            "ABCD\u{1b}[2J",
+            "",
+        ] {
+            assert!(!is_pair_code(bad), "{bad:?}");
+        }
+        assert_eq!(
+            report(pair_code("\u{1b}[2JABCD")),
+            Report::BadPairCode { length: 8 }
         );
     }
 }

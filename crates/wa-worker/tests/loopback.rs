@@ -265,3 +265,256 @@ fn store_is_private() {
     assert!(files >= 1, "the SQLite store is in the session directory");
     assert!(session.join("session.db").exists());
 }
+
+/// A running worker whose events arrive on a channel as it writes them, so
+/// that a test waits on the event itself, with a deadline. Dropping it kills
+/// and reaps the worker, so a failed assertion leaves no process behind.
+struct Running {
+    child: Child,
+    started: Instant,
+    events: mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    fn spawn(cmd: &mut Command) -> Running {
+        let started = Instant::now();
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        // stdout and stderr are read concurrently: a full pipe would stall
+        // the worker.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let event = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Running {
+            child,
+            started,
+            events,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits until the worker writes an event that `wanted` accepts, at most
+    /// until `deadline` after the spawn; kills the worker and fails if it
+    /// does not.
+    fn wait_for(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        loop {
+            let left = deadline.saturating_sub(self.started.elapsed());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    self.seen.push(event.clone());
+                    if wanted(&event) {
+                        return event;
+                    }
+                }
+                Err(e) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let stderr = self.stderr.take().unwrap().join().unwrap();
+                    panic!(
+                        "no {what} within {deadline:?} of the spawn ({e:?}); events {:?}; stderr:\n{stderr}",
+                        self.seen
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the worker to exit: its stdout closes when it does. Returns
+    /// the exit status, the events after the last waited one, and stderr.
+    fn wait_exit(
+        mut self,
+        deadline: Duration,
+    ) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+        let mut rest = Vec::new();
+        loop {
+            let left = deadline.saturating_sub(self.started.elapsed());
+            match self.events.recv_timeout(left) {
+                Ok(event) => rest.push(event),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("wa-worker did not exit within {deadline:?} of the spawn");
+                }
+            }
+        }
+        let status = self.child.wait().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        (status, rest, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Already reaped after wait_exit: then kill fails harmlessly.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0; n];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+/// A WebSocket server that completes the handshake and then sends a 100-byte
+/// random binary frame every `interval`, never a valid protocol message.
+/// Reports when the handshake is done, and whether the client went away
+/// (its socket closed, so a frame could no longer be written).
+fn noisy_websocket_server(interval: Duration) -> (String, mpsc::Receiver<()>, mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handshake_tx, handshake_rx) = mpsc::channel();
+    let (gone_tx, gone_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_write_timeout(Some(DEADLINE)).unwrap();
+        let mut ws = tungstenite::accept(conn).expect("websocket handshake");
+        let _ = handshake_tx.send(());
+        // The pacing is the peer's behaviour under test, not a wait of the
+        // test: the test waits on the worker's events.
+        while ws
+            .send(tungstenite::Message::binary(random_bytes(100)))
+            .is_ok()
+        {
+            std::thread::sleep(interval);
+        }
+        let _ = gone_tx.send(());
+    });
+    (format!("ws://{addr}/ws/chat"), handshake_rx, gone_rx)
+}
+
+/// A peer that completes the WebSocket upgrade and then sends noise every
+/// 50 ms no longer keeps the worker alive forever (issue #9, item 4): the
+/// start deadline ends it with 408, it disconnects, and it exits.
+#[test]
+fn noisy_peer_hits_the_start_deadline_with_408() {
+    let start_deadline = Duration::from_secs(2);
+    let margin = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let (url, handshake, client_gone) = noisy_websocket_server(Duration::from_millis(50));
+    let mut running = Running::spawn(
+        worker(dir.path())
+            .env("WA_WORKER_START_DEADLINE", "2s")
+            .arg("--url")
+            .arg(&url),
+    );
+    handshake
+        .recv_timeout(DEADLINE)
+        .expect("the worker never connected");
+    let closed = running.wait_for("closed event", start_deadline + margin, |e| {
+        e["event"] == "closed"
+    });
+    let elapsed = running.started.elapsed();
+    assert_eq!(closed["code"], 408, "{closed}");
+    let reason = closed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("start deadline") && reason.contains("2s"),
+        "{reason}"
+    );
+    assert!(elapsed >= start_deadline, "reported after {elapsed:?}");
+    assert!(
+        running.seen.iter().all(|e| e["event"] == "closed"),
+        "nothing but the close: {:?}",
+        running.seen
+    );
+    let (status, rest, stderr) = running.wait_exit(start_deadline + margin);
+    assert!(status.success(), "{status:?} {stderr}");
+    assert!(rest.is_empty(), "the close is the last word: {rest:?}");
+    client_gone
+        .recv_timeout(DEADLINE)
+        .expect("the worker left its socket open");
+}
+
+/// A `session.db` of random bytes is reported at once as close code 600
+/// (credential store unreadable), and the file is left as it was
+/// (issue #9, item 4).
+#[test]
+fn corrupt_store_reports_600_at_once_and_leaves_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("session.db");
+    let garbage = random_bytes(4096);
+    std::fs::write(&db, &garbage).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut running = Running::spawn(
+        worker(dir.path())
+            .arg("--url")
+            .arg(format!("ws://127.0.0.1:{port}/ws/chat")),
+    );
+    let closed = running.wait_for("closed event", Duration::from_secs(5), |e| {
+        e["event"] == "closed"
+    });
+    assert_eq!(closed["code"], 600, "{closed}");
+    let reason = closed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&db.display().to_string()) && reason.contains("SQLite"),
+        "{reason}"
+    );
+    let (status, rest, stderr) = running.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(rest.is_empty(), "the close is the last word: {rest:?}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "the store was modified"
+    );
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files, ["session.db"], "no -wal or -shm beside it");
+}
+
+/// The store check condemns no sound store: a store the worker wrote
+/// itself (with the `-wal` and `-shm` it leaves) opens again (issue #9).
+#[test]
+fn a_store_the_worker_wrote_is_not_reported_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for run in 0..2 {
+        let running = Running::spawn(
+            worker(dir.path())
+                .arg("--url")
+                .arg(format!("ws://127.0.0.1:{port}/ws/chat")),
+        );
+        let (status, events, stderr) = running.wait_exit(DEADLINE);
+        assert!(status.success(), "run {run}: {status:?} {stderr}");
+        assert_eq!(events.len(), 1, "run {run}: {events:?}");
+        assert_eq!(events[0]["code"], 408, "run {run}: {events:?} {stderr}");
+    }
+}
