@@ -36,6 +36,7 @@ use crate::text::Quoted;
 use super::control_server;
 use super::event::{Event, Generation, PrepareFailure, SlotId};
 use super::holds::HoldWriter;
+use super::log_file::LogFile;
 use super::orphans::Sweeper;
 use super::signals::{SignalEvent, Signals};
 use super::slot::Slot;
@@ -167,6 +168,7 @@ pub(super) struct EventLoop {
     shutdown_waiters: Vec<oneshot::Sender<Response>>,
     started_at: SystemTime,
     holds: HoldWriter,
+    log_file: LogFile,
     notifier: Notifier,
     journal: bool,
 }
@@ -180,6 +182,7 @@ impl EventLoop {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let spawner = SpawnerThread::start(spawner, tx.clone())?;
         let holds = HoldWriter::start()?;
+        let config_log_path = config.log_path();
         let spawn_args = config
             .sessions
             .iter()
@@ -236,6 +239,7 @@ impl EventLoop {
             shutdown_waiters: Vec::new(),
             started_at: SystemTime::now(),
             holds,
+            log_file: LogFile::detect(config_log_path),
             notifier: Notifier::from_env(),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
         })
@@ -377,11 +381,20 @@ impl EventLoop {
                 }
             }
             Event::Signal(SignalEvent::Shutdown) => self.begin_shutdown(),
-            Event::Signal(SignalEvent::Hangup) => {
-                info!(
-                    "SIGHUP ignored: restart the supervisor to apply a changed config (`wa-ctl restart`)"
-                )
-            }
+            Event::Signal(SignalEvent::Hangup) => match self.log_file.reopen() {
+                // logrotate's convention (issue #9): a log moved away is
+                // written no more. The configuration is not reloaded.
+                Ok(true) => info!(
+                    path = %self.log_file.path().map(|p| p.display().to_string()).unwrap_or_default(),
+                    "SIGHUP: log file reopened (the configuration is not reloaded: `wa-ctl restart` applies a change)"
+                ),
+                Ok(false) => info!(
+                    "SIGHUP: no log file to reopen; the configuration is not reloaded (`wa-ctl restart` applies a change)"
+                ),
+                Err(e) => {
+                    error!("SIGHUP: cannot reopen the log file: {e}; still writing to the old one")
+                }
+            },
             Event::Signal(SignalEvent::Child) => {
                 let explained = self.reap_candidates() > 0;
                 self.schedule_full_scan(explained);

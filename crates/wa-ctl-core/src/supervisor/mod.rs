@@ -21,6 +21,7 @@ mod control_server;
 mod event;
 mod event_loop;
 mod holds;
+mod log_file;
 mod orphans;
 mod signals;
 mod slot;

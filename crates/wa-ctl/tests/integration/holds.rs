@@ -205,3 +205,28 @@ fn a_renamed_session_does_not_hide_the_live_worker() {
     let out = env.ok(&["status", "a", "--json"]);
     assert!(out.contains("\"connected\""), "{out}");
 }
+
+/// A log moved away by logrotate is written no more after SIGHUP: the
+/// supervisor reopens `wa-ctl.log`, and its next lines land there (issue
+/// #9, section 10; before, it kept writing into the moved file).
+#[test]
+fn sighup_reopens_a_rotated_log() {
+    let env = TestEnv::with_worker(&["connect"], "");
+    env.ok(&["start"]);
+    env.wait_state("default", "connected");
+    let log = env.state_dir().join("wa-ctl.log");
+    let rotated = env.state_dir().join("wa-ctl.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    kill(Pid::from_raw(env.supervisor_pid() as i32), Signal::SIGHUP).unwrap();
+    wait_until("the log to be reopened", DEADLINE, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("log file reopened"))
+    });
+    env.ok(&["stop", "default"]);
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(new.contains("operator request"), "{new}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!old.contains("operator request"), "{old}");
+    assert!(!old.contains("log file reopened"), "{old}");
+}
