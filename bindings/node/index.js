@@ -249,7 +249,6 @@ export class Worker {
     const handler = () => {
       if (this.#stopping || this.exiting) return;
       this.#stopping = true;
-      this.stopHeartbeat();
       try {
         sock?.end(undefined);
       } catch (error) {

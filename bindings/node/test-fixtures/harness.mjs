@@ -9,6 +9,10 @@ const FIXTURE = fileURLToPath(new URL('./fake-baileys-worker.mjs', import.meta.u
 /** The deadline for anything a test waits on. Generous: CI machines are shared. */
 export const DEADLINE_MS = 10_000;
 
+/** Options for every test: a test that outlives this fails instead of
+ * hanging the suite (node --test has no timeout of its own). */
+export const LIMIT = { timeout: 3 * DEADLINE_MS };
+
 /** The JSON lines of one stream of the child, parsed as they arrive. */
 class Lines {
   /** Every line so far, parsed. A line that is not JSON fails the test. */

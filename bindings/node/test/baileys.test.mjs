@@ -3,14 +3,14 @@
 // after a close instead of reconnecting.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { boomClose, startWorker } from '../test-fixtures/harness.mjs';
+import { LIMIT, boomClose, startWorker } from '../test-fixtures/harness.mjs';
 
 const isEvent = (name) => (line) => line.event === name;
 const isSpy = (name) => (line) => line.spy === name;
 // The heartbeat has its own tests; here it would only interleave.
 const noHeartbeat = { heartbeatMs: false };
 
-test('qr, open and a Boom 440 close become qr, connected and closed 440, then exit 0 after saveCreds', async (t) => {
+test('qr, open and a Boom 440 close become qr, connected and closed 440, then exit 0 after saveCreds', LIMIT, async (t) => {
   const worker = startWorker(t, {
     ...noHeartbeat,
     updates: [
@@ -36,20 +36,20 @@ test('qr, open and a Boom 440 close become qr, connected and closed 440, then ex
   assert.ok(!spies.some(isSpy('end')), 'a close from the server needs no sock.end()');
 });
 
-test('a Boom 401 close (logged out) is closed 401', async (t) => {
+test('a Boom 401 close (logged out) is closed 401', LIMIT, async (t) => {
   const worker = startWorker(t, { ...noHeartbeat, updates: [{ connection: 'open' }, boomClose(401, 'Intentional Logout')] });
   assert.equal((await worker.exit()).code, 0);
   assert.deepEqual((await worker.events.done).at(-1), { event: 'closed', code: 401, reason: 'Intentional Logout' });
 });
 
-test('a 515 after pairing is closed 515, and the credentials are saved before the exit', async (t) => {
+test('a 515 after pairing is closed 515, and the credentials are saved before the exit', LIMIT, async (t) => {
   const worker = startWorker(t, { ...noHeartbeat, updates: [{ qr: 'QR' }, boomClose(515, 'Stream Errored (restart required)')] });
   assert.equal((await worker.exit()).code, 0);
   assert.deepEqual((await worker.events.done).at(-1), { event: 'closed', code: 515, reason: 'Stream Errored (restart required)' });
   assert.ok((await worker.spies.done).some(isSpy('saveCreds')));
 });
 
-test('a close without a status code is closed 428 with the error message', async (t) => {
+test('a close without a status code is closed 428 with the error message', LIMIT, async (t) => {
   const worker = startWorker(t, {
     ...noHeartbeat,
     updates: [{ connection: 'open' }, { connection: 'close', lastDisconnect: { error: { plain: 'socket hang up' } } }],
@@ -58,7 +58,7 @@ test('a close without a status code is closed 428 with the error message', async
   assert.deepEqual((await worker.events.done).at(-1), { event: 'closed', code: 428, reason: 'socket hang up' });
 });
 
-test('a close with no error at all is closed 428', async (t) => {
+test('a close with no error at all is closed 428', LIMIT, async (t) => {
   const worker = startWorker(t, { ...noHeartbeat, updates: [{ connection: 'close', lastDisconnect: {} }] });
   assert.equal((await worker.exit()).code, 0);
   assert.deepEqual(await worker.events.done, [
@@ -66,19 +66,19 @@ test('a close with no error at all is closed 428', async (t) => {
   ]);
 });
 
-test("Baileys' 'QR refs attempts ended' is pairing_expired", async (t) => {
+test("Baileys' 'QR refs attempts ended' is pairing_expired", LIMIT, async (t) => {
   const worker = startWorker(t, { ...noHeartbeat, updates: [{ qr: 'QR' }, boomClose(408, 'QR refs attempts ended')] });
   assert.equal((await worker.exit()).code, 0);
   assert.deepEqual(await worker.events.done, [{ event: 'qr', code: 'QR' }, { event: 'pairing_expired' }]);
 });
 
-test('another 408 is a lost connection, closed 408', async (t) => {
+test('another 408 is a lost connection, closed 408', LIMIT, async (t) => {
   const worker = startWorker(t, { ...noHeartbeat, updates: [{ qr: 'QR' }, boomClose(408, 'WebSocket Error (getaddrinfo ENOTFOUND web.whatsapp.com)')] });
   assert.equal((await worker.exit()).code, 0);
   assert.deepEqual((await worker.events.done).at(-1), { event: 'closed', code: 408, reason: 'WebSocket Error (getaddrinfo ENOTFOUND web.whatsapp.com)' });
 });
 
-test('with WA_CTL_PAIR_PHONE the first qr asks for a pair code, reported as ABCD-EFGH, and no qr is reported', async (t) => {
+test('with WA_CTL_PAIR_PHONE the first qr asks for a pair code, reported as ABCD-EFGH, and no qr is reported', LIMIT, async (t) => {
   const worker = startWorker(
     t,
     { ...noHeartbeat, pairCode: 'ABCD2345', updates: [{ qr: 'QR-ONE' }, { qr: 'QR-TWO' }] },
@@ -93,13 +93,13 @@ test('with WA_CTL_PAIR_PHONE the first qr asks for a pair code, reported as ABCD
   assert.deepEqual(requests, [{ spy: 'requestPairingCode', phone: '15551234567' }]);
 });
 
-test('a failed pair-code request reports the QR code instead', async (t) => {
+test('a failed pair-code request reports the QR code instead', LIMIT, async (t) => {
   const worker = startWorker(t, { ...noHeartbeat, pairCode: 'reject', updates: [{ qr: 'QR-ONE' }] }, { env: { WA_CTL_PAIR_PHONE: '15551234567' } });
   const [qr] = await worker.events.waitFor(isEvent('qr'), { what: 'qr' });
   assert.deepEqual(qr.value, { event: 'qr', code: 'QR-ONE' });
 });
 
-test('without WA_CTL_EVENTS_FD the events go to stdout', async (t) => {
+test('without WA_CTL_EVENTS_FD the events go to stdout', LIMIT, async (t) => {
   const worker = startWorker(t, { ...noHeartbeat, updates: [{ qr: 'QR' }, boomClose(440, 'conflict')] }, { eventsFd: false });
   assert.equal((await worker.exit()).code, 0);
   const events = (await worker.spies.done).filter((line) => line.event !== undefined);
@@ -109,7 +109,7 @@ test('without WA_CTL_EVENTS_FD the events go to stdout', async (t) => {
   ]);
 });
 
-test('alive is sent at once and then every interval', async (t) => {
+test('alive is sent at once and then every interval', LIMIT, async (t) => {
   const intervalMs = 200;
   const started = performance.now();
   const worker = startWorker(t, { heartbeatMs: intervalMs, updates: [{ connection: 'open' }] });
@@ -126,7 +126,7 @@ test('alive is sent at once and then every interval', async (t) => {
   assert.ok(alive[0].at - started < 5_000);
 });
 
-test('the heartbeat stops at the close: nothing follows closed', async (t) => {
+test('the heartbeat stops at the close: nothing follows closed', LIMIT, async (t) => {
   // saveCreds hangs, so the worker lives on for the whole exit bound after
   // the close: time for many heartbeats, had they not stopped.
   const worker = startWorker(t, {
@@ -142,7 +142,7 @@ test('the heartbeat stops at the close: nothing follows closed', async (t) => {
   assert.deepEqual(events.slice(closedAt + 1), [], 'no event after closed');
 });
 
-test('the heartbeat timer does not keep the process alive', async (t) => {
+test('the heartbeat timer does not keep the process alive', LIMIT, async (t) => {
   const worker = startWorker(t, { heartbeatMs: 60_000, keepAlive: false, updates: [] });
   const { code } = await worker.exit();
   assert.equal(code, 0);

@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { CODE_WITHOUT_STATUS, closeFromBaileys, createWorker } from '../index.js';
+import { LIMIT } from '../test-fixtures/harness.mjs';
 
 /** A worker writing to a fresh file, and a way to read what it wrote. */
 function workerOnFile(t, options = {}) {
@@ -20,7 +21,7 @@ function workerOnFile(t, options = {}) {
   return { worker, fd, written: () => fs.readFileSync(file, 'utf8') };
 }
 
-test('each event is one JSON line with the protocol’s field names', (t) => {
+test('each event is one JSON line with the protocol’s field names', LIMIT, (t) => {
   const { worker, written } = workerOnFile(t);
   worker.qr('2@abc,def');
   worker.pairCode('ABCD-EFGH');
@@ -48,7 +49,7 @@ test('each event is one JSON line with the protocol’s field names', (t) => {
   );
 });
 
-test('text with newlines and control characters stays on one line of valid JSON, unchanged', (t) => {
+test('text with newlines and control characters stays on one line of valid JSON, unchanged', LIMIT, (t) => {
   const { worker, written } = workerOnFile(t);
   const reason = 'line one\nline two\r\u001b[31mred\u0007 \u2028 ☎ "quoted" \\';
   worker.closed(500, reason);
@@ -58,7 +59,7 @@ test('text with newlines and control characters stays on one line of valid JSON,
   assert.deepEqual(JSON.parse(lines[0]), { event: 'closed', code: 500, reason });
 });
 
-test('closed accepts only integer codes from 0 to 65535', (t) => {
+test('closed accepts only integer codes from 0 to 65535', LIMIT, (t) => {
   const { worker, written } = workerOnFile(t);
   for (const code of [-1, 65536, 440.5, '440', NaN, null, undefined]) {
     assert.throws(() => worker.closed(code, 'x'), RangeError, `code ${String(code)}`);
@@ -68,7 +69,7 @@ test('closed accepts only integer codes from 0 to 65535', (t) => {
   assert.equal(written(), '{"event":"closed","code":0,"reason":null}\n{"event":"closed","code":65535,"reason":null}\n');
 });
 
-test('retryAfterS is whole seconds, rounded up, and never negative', (t) => {
+test('retryAfterS is whole seconds, rounded up, and never negative', LIMIT, (t) => {
   const { worker, written } = workerOnFile(t);
   worker.closed(503, 'rate limited', { retryAfterS: 0.2 });
   worker.closed(503, 'rate limited', { retryAfterS: 0 });
@@ -81,7 +82,7 @@ test('retryAfterS is whole seconds, rounded up, and never negative', (t) => {
   );
 });
 
-test('qr and pair codes must be non-empty strings', (t) => {
+test('qr and pair codes must be non-empty strings', LIMIT, (t) => {
   const { worker, written } = workerOnFile(t);
   for (const code of ['', undefined, 42]) {
     assert.throws(() => worker.qr(code), TypeError);
@@ -90,7 +91,7 @@ test('qr and pair codes must be non-empty strings', (t) => {
   assert.equal(written(), '');
 });
 
-test('the descriptor comes from WA_CTL_EVENTS_FD, and stdout without it', (t) => {
+test('the descriptor comes from WA_CTL_EVENTS_FD, and stdout without it', LIMIT, (t) => {
   const { worker, fd } = workerOnFile(t);
   assert.equal(worker.eventsFd, fd);
   assert.equal(worker.supervised, true);
@@ -103,13 +104,13 @@ test('the descriptor comes from WA_CTL_EVENTS_FD, and stdout without it', (t) =>
   assert.deepEqual([full.sessionId, full.sessionDir, full.pairPhone], ['sales', '/state/sessions/sales', '15551234567']);
 });
 
-test('a WA_CTL_EVENTS_FD that is not an open descriptor is an error, not a silent stdout', () => {
+test('a WA_CTL_EVENTS_FD that is not an open descriptor is an error, not a silent stdout', LIMIT, () => {
   assert.throws(() => createWorker({ env: { WA_CTL_EVENTS_FD: 'three' } }), /not a descriptor number/);
   assert.throws(() => createWorker({ env: { WA_CTL_EVENTS_FD: '-3' } }), /not a descriptor number/);
   assert.throws(() => createWorker({ env: { WA_CTL_EVENTS_FD: '987654' } }), /not an open descriptor/);
 });
 
-test('startHeartbeat refuses an interval that is not a positive whole number of ms', (t) => {
+test('startHeartbeat refuses an interval that is not a positive whole number of ms', LIMIT, (t) => {
   const { worker, written } = workerOnFile(t);
   for (const interval of [0, -5, 1.5, NaN, '20000']) {
     assert.throws(() => worker.startHeartbeat(interval), RangeError);
@@ -117,7 +118,7 @@ test('startHeartbeat refuses an interval that is not a positive whole number of 
   assert.equal(written(), '');
 });
 
-test('exit waits for the beforeExit work, then exits once with the first status', async (t) => {
+test('exit waits for the beforeExit work, then exits once with the first status', LIMIT, async (t) => {
   const statuses = [];
   const order = [];
   const { worker } = workerOnFile(t, { exit: (status) => statuses.push(status) });
@@ -135,17 +136,18 @@ test('exit waits for the beforeExit work, then exits once with the first status'
   assert.deepEqual(order, ['saved', 'exited']);
 });
 
-test('exit does not wait longer than exitTimeoutMs for work that never ends, nor stop on work that fails', async (t) => {
+// That exit() does not wait past its bound for work that never ends is
+// tested in real processes (sigterm.test.mjs: saveCreds never settles): here
+// the bound's timer would keep this test process alive if it broke.
+test('exit goes on when the beforeExit work fails', LIMIT, async (t) => {
   const statuses = [];
-  const hung = workerOnFile(t, { exit: (status) => statuses.push(['hung', status]), exitTimeoutMs: 50 }).worker;
-  hung.beforeExit(() => new Promise(() => {}));
-  const failing = workerOnFile(t, { exit: (status) => statuses.push(['failing', status]), exitTimeoutMs: 60_000 }).worker;
-  failing.beforeExit(() => Promise.reject(new Error('disk full')));
-  await Promise.all([hung.exit(0), failing.exit(0)]);
-  assert.deepEqual(statuses.sort(), [['failing', 0], ['hung', 0]]);
+  const { worker } = workerOnFile(t, { exit: (status) => statuses.push(status), exitTimeoutMs: 60_000 });
+  worker.beforeExit(() => Promise.reject(new Error('disk full')));
+  await worker.exit(3);
+  assert.deepEqual(statuses, [3]);
 });
 
-test('closeFromBaileys maps lastDisconnect to the event to report', () => {
+test('closeFromBaileys maps lastDisconnect to the event to report', LIMIT, () => {
   const boom = (statusCode, message) => Object.assign(new Error(message), { isBoom: true, output: { statusCode } });
   const cases = [
     [{ error: boom(440, 'Stream Errored (conflict)') }, { event: 'closed', code: 440, reason: 'Stream Errored (conflict)' }],

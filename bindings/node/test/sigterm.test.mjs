@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { EXIT_TIMEOUT_MS } from '../index.js';
-import { startWorker } from '../test-fixtures/harness.mjs';
+import { LIMIT, startWorker } from '../test-fixtures/harness.mjs';
 
 const isEvent = (name) => (line) => line.event === name;
 const isSpy = (name) => (line) => line.spy === name;
@@ -24,7 +24,7 @@ async function stopConnectedWorker(t, config) {
   return { ...exit, elapsedMs: exit.at - signalledAt, events: await worker.events.done, spies: await worker.spies.done };
 }
 
-test('SIGTERM ends the socket with sock.end(undefined), saves the credentials and exits 0 without a closed event', async (t) => {
+test('SIGTERM ends the socket with sock.end(undefined), saves the credentials and exits 0 without a closed event', LIMIT, async (t) => {
   const { code, signal, elapsedMs, events, spies } = await stopConnectedWorker(t, {});
   assert.deepEqual({ code, signal }, { code: 0, signal: null });
   // Baileys' end() emits a close without a code at once: that is no failure.
@@ -36,7 +36,7 @@ test('SIGTERM ends the socket with sock.end(undefined), saves the credentials an
   assert.ok(elapsedMs < EXIT_TIMEOUT_MS, `exited ${elapsedMs.toFixed(0)} ms after SIGTERM`);
 });
 
-test('SIGTERM exits 0 within the bound when the socket never reports its close', async (t) => {
+test('SIGTERM exits 0 within the bound when the socket never reports its close', LIMIT, async (t) => {
   const { code, elapsedMs, events, spies } = await stopConnectedWorker(t, { end: 'never' });
   assert.equal(code, 0);
   assert.ok(spies.some(isSpy('end')));
@@ -45,20 +45,20 @@ test('SIGTERM exits 0 within the bound when the socket never reports its close',
   assert.ok(elapsedMs < EXIT_BOUND_MS, `exited ${elapsedMs.toFixed(0)} ms after SIGTERM`);
 });
 
-test('SIGTERM exits 0 within the bound when saveCreds never settles', async (t) => {
+test('SIGTERM exits 0 within the bound when saveCreds never settles', LIMIT, async (t) => {
   const { code, elapsedMs } = await stopConnectedWorker(t, { saveCreds: 'hang' });
   assert.equal(code, 0);
   assert.ok(elapsedMs < EXIT_BOUND_MS, `exited ${elapsedMs.toFixed(0)} ms after SIGTERM`);
 });
 
-test('SIGTERM exits 0 when sock.end() throws', async (t) => {
+test('SIGTERM exits 0 when sock.end() throws', LIMIT, async (t) => {
   const { code, elapsedMs, events } = await stopConnectedWorker(t, { end: 'throw' });
   assert.equal(code, 0);
   assert.deepEqual(events.filter(isEvent('closed')), []);
   assert.ok(elapsedMs < EXIT_BOUND_MS, `exited ${elapsedMs.toFixed(0)} ms after SIGTERM`);
 });
 
-test('SIGTERM stops the heartbeat', async (t) => {
+test('SIGTERM stops the heartbeat', LIMIT, async (t) => {
   // saveCreds hangs, so the worker lives on for the exit bound after the
   // signal: time for many heartbeats, had they not stopped.
   const worker = startWorker(t, { heartbeatMs: 50, saveCreds: 'hang', updates: [{ connection: 'open' }] });
