@@ -88,6 +88,21 @@ pub const START_TIMEOUT: DurationLimit = DurationLimit::up_to("policy.start_time
 /// sends `alive` counts as hung. An hour covers any keep-alive period.
 pub const HEARTBEAT_TIMEOUT: DurationLimit = DurationLimit::up_to("policy.heartbeat_timeout", HOUR);
 
+/// `[cluster] lease_ttl` (issue #10): how long ownership outlives a silent
+/// owner. Under 2 s a keepalive every third of it leaves no room for a
+/// stop; over 5 minutes a dead owner's sessions wait too long.
+pub const LEASE_TTL: DurationLimit = DurationLimit {
+    key: "cluster.lease_ttl",
+    min: Duration::from_secs(2),
+    max: Duration::from_secs(5 * MINUTE),
+    too_short: "a keepalive every third of it leaves no time to stop the workers",
+};
+
+/// `[cluster] takeover_grace`: how long a standby waits after the owner's
+/// key is gone.
+pub const TAKEOVER_GRACE: DurationLimit =
+    DurationLimit::up_to("cluster.takeover_grace", 5 * MINUTE);
+
 /// Every duration key, in the order of `docs/policy.md`.
 pub const DURATION_LIMITS: &[DurationLimit] = &[
     STOP_TIMEOUT,
@@ -97,6 +112,8 @@ pub const DURATION_LIMITS: &[DurationLimit] = &[
     RESTART_WINDOW,
     START_TIMEOUT,
     HEARTBEAT_TIMEOUT,
+    LEASE_TTL,
+    TAKEOVER_GRACE,
 ];
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! directories, `raw` is the file format as serde reads it, `validate` turns
 //! that into the types below, and `error` places failures in the file.
 
+pub mod cluster;
 mod error;
 pub mod limits;
 mod locate;
@@ -99,6 +100,9 @@ pub struct Config {
     pub source: ConfigSource,
     pub supervisor: SupervisorConfig,
     pub policy: Policy,
+    /// `[cluster]` (issue #10): ownership across hosts; `None` without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<cluster::ClusterConfig>,
     #[serde(rename = "session")]
     pub sessions: Vec<SessionConfig>,
     /// FNV-1a of the configuration text: with the path, what the supervisor
@@ -177,6 +181,7 @@ impl Config {
             validate::stop_timeout(raw.supervisor.stop_timeout.as_ref()).map_err(place)?;
         let policy = validate::policy(raw.policy).map_err(place)?;
         let sessions = validate::sessions(raw.worker, raw.session).map_err(place)?;
+        let cluster = validate::cluster(raw.cluster, stop_timeout).map_err(place)?;
 
         Ok(Config {
             digest: crate::fsutil::fnv1a(text.as_bytes()),
@@ -187,6 +192,7 @@ impl Config {
                 stop_timeout,
             },
             policy,
+            cluster,
             sessions,
         })
     }
@@ -390,5 +396,92 @@ env = { B = "3" }
         )
         .unwrap();
         assert_eq!(c.supervisor.runtime_dir, Path::new("/r"));
+    }
+
+    #[test]
+    fn cluster_table() {
+        assert_eq!(parse("").unwrap().cluster, None, "optional");
+        let c = parse(
+            "[supervisor]\nstop_timeout = \"5s\"\n[cluster]\nendpoints = [\"http://10.0.0.1:2379\"]\nnode = \"host-a\"\nprefix = \"/erp/\"\n",
+        )
+        .unwrap();
+        let cl = c.cluster.clone().unwrap();
+        assert_eq!(cl.endpoints, ["http://10.0.0.1:2379"]);
+        assert_eq!(cl.prefix, "/erp");
+        assert_eq!(cl.node, "host-a");
+        assert_eq!(cl.lease_ttl, Duration::from_secs(10));
+        assert_eq!(cl.takeover_grace, Duration::from_secs(2));
+        assert!(c.to_toml().contains("[cluster]"), "check shows it");
+        // The default node is the host name.
+        let c = parse("[supervisor]\nstop_timeout = \"1s\"\n[cluster]\n").unwrap();
+        assert!(!c.cluster.unwrap().node.is_empty());
+    }
+
+    #[test]
+    fn cluster_errors_name_the_line_and_key() {
+        let cases = [
+            // The issue's values with the default stop_timeout (10s).
+            (
+                "[cluster]\nlease_ttl = \"10s\"\n",
+                2,
+                "cluster.lease_ttl",
+                "too short for [supervisor] stop_timeout",
+            ),
+            (
+                "[cluster]\nbackend = \"zookeeper\"\n",
+                2,
+                "cluster.backend",
+                "unknown backend",
+            ),
+            (
+                "[cluster]\nendpoints = []\n",
+                2,
+                "cluster.endpoints",
+                "at least one",
+            ),
+            (
+                "[cluster]\nendpoints = [\"127.0.0.1:2379\"]\n",
+                2,
+                "cluster.endpoints",
+                "not an http",
+            ),
+            (
+                "[cluster]\nprefix = \"/a/../b\"\n",
+                2,
+                "cluster.prefix",
+                "`..`",
+            ),
+            (
+                "[cluster]\nnode = \"a b\"\n",
+                2,
+                "cluster.node",
+                "no spaces",
+            ),
+            (
+                "[cluster]\nlease_ttl = \"1s\"\n",
+                2,
+                "cluster.lease_ttl",
+                "minimum of 2s",
+            ),
+            (
+                "[cluster]\ntakeover_grace = \"1h\"\n",
+                2,
+                "cluster.takeover_grace",
+                "maximum of 5m",
+            ),
+            ("[cluster]\nttl = \"1s\"\n", 2, "ttl", "unknown field"),
+        ];
+        for (text, line, key, words) in cases {
+            let text = format!("[supervisor]\nstop_timeout = \"1s\"\n{text}");
+            let text = if key == "cluster.lease_ttl" && words.starts_with("too short") {
+                text.replace("stop_timeout = \"1s\"", "stop_timeout = \"10s\"")
+            } else {
+                text
+            };
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(&format!("wa.toml:{}:", line + 2)), "{text}: {e}");
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.contains(words), "{text}: {e}");
+        }
     }
 }

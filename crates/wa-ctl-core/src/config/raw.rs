@@ -25,6 +25,19 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) policy: RawPolicy,
     pub(super) session: Option<Vec<RawSession>>,
+    pub(super) cluster: Option<toml::Spanned<RawCluster>>,
+}
+
+/// `[cluster]` (issue #10).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) backend: Option<toml::Spanned<String>>,
+    pub(super) endpoints: Option<toml::Spanned<Vec<String>>>,
+    pub(super) prefix: Option<toml::Spanned<String>>,
+    pub(super) node: Option<toml::Spanned<String>>,
+    pub(super) lease_ttl: Option<toml::Spanned<HumanDuration>>,
+    pub(super) takeover_grace: Option<toml::Spanned<HumanDuration>>,
 }
 
 /// `[supervisor]`.

@@ -99,6 +99,11 @@ pub enum SupervisorError {
         "sessions `{0}` and `{1}` share a lock slot (a hash collision of their ids): rename one"
     )]
     LockSlotClash(String, String),
+    #[error(
+        "the [cluster] table is read and checked, but this build does not run sessions under \
+         etcd ownership yet (issue #10 is in progress): remove [cluster] to run on this host alone"
+    )]
+    ClusterNotYet,
     #[error("cannot read the descriptor limit")]
     Rlimit(#[source] std::io::Error),
     #[error("cannot set up spawning")]
@@ -143,7 +148,13 @@ impl Readiness for Ready {
 /// Runs a supervisor for `config` in this process until it is told to stop.
 pub fn run(config: Config, options: Options) -> Result<Outcome, SupervisorError> {
     let mut ready = Ready(options.ready.map(File::from));
-    let result = run_inner(config, options.only, &mut ready);
+    // Never run a configuration that asks for cross-host ownership as if it
+    // were alone: a second host would run the same sessions (the 440 loop).
+    let result = if config.cluster.is_some() {
+        Err(SupervisorError::ClusterNotYet)
+    } else {
+        run_inner(config, options.only, &mut ready)
+    };
     match &result {
         Ok(Outcome::AlreadyRunning(pid)) => ready.send(&format!(
             "running {}",

@@ -31,6 +31,28 @@ pub(super) fn check(config: &Config) -> anyhow::Result<u8> {
         "other",
         DEFAULT_ACTION.as_str()
     ));
+    if let Some(cluster) = &config.cluster {
+        // Validated with the configuration: the timeline holds.
+        if let Ok(t) = cluster.timeline(config.supervisor.stop_timeout) {
+            let show = |d: std::time::Duration| {
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+            };
+            text.push_str(&format!(
+                "\n# cluster timeline, from the send time of the last keepalive etcd acknowledged:\n\
+                 #   keepalive every            {}\n\
+                 #   SIGTERM to every worker at {}  (if no later keepalive was acknowledged)\n\
+                 #   SIGKILL at                 {}\n\
+                 #   the lease may expire at    {}\n\
+                 #   a standby takes over at    {}  (lease_ttl + takeover_grace)\n",
+                show(t.keepalive_every),
+                show(t.sigterm_after),
+                show(t.sigkill_after),
+                show(t.lease_expires_after),
+                show(t.takeover_after),
+            ));
+        }
+    }
     out(&text)?;
     let base = config.source.path().and_then(Path::parent);
     // A missing worker is not a configuration error (the file is valid), but
