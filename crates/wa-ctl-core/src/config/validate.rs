@@ -219,6 +219,89 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
+/// The effective `[cluster]`, if the file has one: defaults applied, every
+/// value checked, and the timeline's relation to `stop_timeout` (see
+/// `config::cluster`).
+pub(super) fn cluster(
+    raw: Option<toml::Spanned<RawCluster>>,
+    stop_timeout: Duration,
+) -> Result<Option<ClusterConfig>, SpannedError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let table_span = raw.span();
+    let raw = raw.into_inner();
+    let backend = match &raw.backend {
+        None => Backend::Etcd,
+        Some(b) if b.get_ref() == "etcd" => Backend::Etcd,
+        Some(b) => {
+            return Err((
+                b.span(),
+                "cluster.backend",
+                format!(
+                    "unknown backend `{}`: the one backend is \"etcd\"",
+                    b.get_ref()
+                ),
+            ));
+        }
+    };
+    let endpoints = match raw.endpoints {
+        None => vec!["http://127.0.0.1:2379".to_owned()],
+        Some(e) => {
+            let span = e.span();
+            let list = e.into_inner();
+            if list.is_empty() {
+                return Err((
+                    span,
+                    "cluster.endpoints",
+                    "name at least one endpoint".to_owned(),
+                ));
+            }
+            for endpoint in &list {
+                cluster::check_endpoint(endpoint)
+                    .map_err(|m| (span.clone(), "cluster.endpoints", m))?;
+            }
+            list
+        }
+    };
+    let prefix = match &raw.prefix {
+        None => "/wa-ctl".to_owned(),
+        Some(p) => {
+            cluster::check_prefix(p.get_ref()).map_err(|m| (p.span(), "cluster.prefix", m))?
+        }
+    };
+    let node = match &raw.node {
+        None => cluster::default_node().map_err(|m| (table_span.clone(), "cluster.node", m))?,
+        Some(n) => {
+            cluster::check_node(n.get_ref()).map_err(|m| (n.span(), "cluster.node", m))?;
+            n.get_ref().clone()
+        }
+    };
+    let lease_ttl = duration(
+        raw.lease_ttl.as_ref(),
+        &limits::LEASE_TTL,
+        Duration::from_secs(10),
+    )?;
+    let takeover_grace = duration(
+        raw.takeover_grace.as_ref(),
+        &limits::TAKEOVER_GRACE,
+        Duration::from_secs(2),
+    )?;
+    let config = ClusterConfig {
+        backend,
+        endpoints,
+        prefix,
+        node,
+        lease_ttl,
+        takeover_grace,
+    };
+    config.timeline(stop_timeout).map_err(|m| {
+        let span = raw.lease_ttl.as_ref().map_or(table_span, |d| d.span());
+        (span, "cluster.lease_ttl", m)
+    })?;
+    Ok(Some(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::error::line_column;
@@ -316,87 +399,4 @@ mod tests {
         assert_eq!(sessions[0].env["A"], "1");
         assert_eq!(sessions[0].env["B"], "3");
     }
-}
-
-/// The effective `[cluster]`, if the file has one: defaults applied, every
-/// value checked, and the timeline's relation to `stop_timeout` (see
-/// `config::cluster`).
-pub(super) fn cluster(
-    raw: Option<toml::Spanned<RawCluster>>,
-    stop_timeout: Duration,
-) -> Result<Option<ClusterConfig>, SpannedError> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    let table_span = raw.span();
-    let raw = raw.into_inner();
-    let backend = match &raw.backend {
-        None => Backend::Etcd,
-        Some(b) if b.get_ref() == "etcd" => Backend::Etcd,
-        Some(b) => {
-            return Err((
-                b.span(),
-                "cluster.backend",
-                format!(
-                    "unknown backend `{}`: the one backend is \"etcd\"",
-                    b.get_ref()
-                ),
-            ));
-        }
-    };
-    let endpoints = match raw.endpoints {
-        None => vec!["http://127.0.0.1:2379".to_owned()],
-        Some(e) => {
-            let span = e.span();
-            let list = e.into_inner();
-            if list.is_empty() {
-                return Err((
-                    span,
-                    "cluster.endpoints",
-                    "name at least one endpoint".to_owned(),
-                ));
-            }
-            for endpoint in &list {
-                cluster::check_endpoint(endpoint)
-                    .map_err(|m| (span.clone(), "cluster.endpoints", m))?;
-            }
-            list
-        }
-    };
-    let prefix = match &raw.prefix {
-        None => "/wa-ctl".to_owned(),
-        Some(p) => {
-            cluster::check_prefix(p.get_ref()).map_err(|m| (p.span(), "cluster.prefix", m))?
-        }
-    };
-    let node = match &raw.node {
-        None => cluster::default_node().map_err(|m| (table_span.clone(), "cluster.node", m))?,
-        Some(n) => {
-            cluster::check_node(n.get_ref()).map_err(|m| (n.span(), "cluster.node", m))?;
-            n.get_ref().clone()
-        }
-    };
-    let lease_ttl = duration(
-        raw.lease_ttl.as_ref(),
-        &limits::LEASE_TTL,
-        Duration::from_secs(10),
-    )?;
-    let takeover_grace = duration(
-        raw.takeover_grace.as_ref(),
-        &limits::TAKEOVER_GRACE,
-        Duration::from_secs(2),
-    )?;
-    let config = ClusterConfig {
-        backend,
-        endpoints,
-        prefix,
-        node,
-        lease_ttl,
-        takeover_grace,
-    };
-    config.timeline(stop_timeout).map_err(|m| {
-        let span = raw.lease_ttl.as_ref().map_or(table_span, |d| d.span());
-        (span, "cluster.lease_ttl", m)
-    })?;
-    Ok(Some(config))
 }
