@@ -5,6 +5,7 @@ mod harness;
 
 mod census;
 mod cli;
+mod cluster_config;
 mod descriptors;
 mod guarantees;
 mod hangs;
