@@ -439,6 +439,15 @@ impl EventLoop {
                     Err(PrepareFailure::Busy) => Input::LockBusy,
                     Err(PrepareFailure::Held(hold)) => {
                         self.slots[slot].held = true;
+                        if std::mem::take(&mut self.slots[slot].start_overrides_hold) {
+                            // An operator started the session while its
+                            // start-up prepare read the hold: the operator
+                            // wins. Shown held for a moment, then started.
+                            self.apply(slot, Input::Held(hold));
+                            self.clear_hold(slot, false);
+                            self.apply(slot, Input::Start);
+                            return;
+                        }
                         Input::Held(hold)
                     }
                     Err(PrepareFailure::Failed(reason)) => Input::PrepareFailed {
@@ -849,6 +858,9 @@ impl EventLoop {
     fn clear_hold(&mut self, idx: SlotId, always: bool) {
         let slot = &mut self.slots[idx];
         slot.honour_hold = false;
+        // A start-up prepare in flight may still find a hold on disk.
+        slot.start_overrides_hold =
+            !always && matches!(slot.session.phase, Phase::Preparing { .. });
         if slot.held || always {
             slot.held = false;
             self.holds

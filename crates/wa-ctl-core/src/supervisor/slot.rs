@@ -43,6 +43,9 @@ pub(super) struct Slot {
     /// A hold is (or is being) persisted for the session: an operator's
     /// start clears it.
     pub(super) held: bool,
+    /// An operator started the session while a prepare that honours holds
+    /// was in flight: a hold it finds is cleared, and the session started.
+    pub(super) start_overrides_hold: bool,
 }
 
 impl Slot {
