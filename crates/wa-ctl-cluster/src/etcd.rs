@@ -144,14 +144,37 @@ impl EtcdOwnership {
         self.client.clone().txn(txn).await.map_err(etcd(operation))
     }
 
+    /// [`OwnershipError::LeaseLost`] if the server says the lease is gone,
+    /// else the error `source` from a keepalive.
+    async fn lease_gone_or(&self, source: etcd_client::Error) -> OwnershipError {
+        match self
+            .client
+            .clone()
+            .lease_time_to_live(self.lease_id, None)
+            .await
+        {
+            // etcd answers TTL -1 for a lease it does not have.
+            Ok(answer) if answer.ttl() <= 0 => OwnershipError::LeaseLost {
+                lease_id: self.lease_id,
+            },
+            _ => OwnershipError::Etcd {
+                operation: "lease keepalive",
+                source,
+            },
+        }
+    }
+
     async fn keepalive_once(&mut self) -> Result<KeepaliveAck, OwnershipError> {
         self.ensure_live()?;
         if self.keepalive_stream.is_none() {
-            let stream = self
-                .client
-                .lease_keep_alive(self.lease_id)
-                .await
-                .map_err(etcd("lease keepalive"))?;
+            // Opening the stream sends a first keepalive and reads its
+            // answer. The client reports a lease gone at that point as the
+            // same error kind as a broken channel, so ask the server which
+            // it was rather than read the message.
+            let stream = match self.client.lease_keep_alive(self.lease_id).await {
+                Ok(stream) => stream,
+                Err(source) => return Err(self.lease_gone_or(source).await),
+            };
             self.unanswered_sends.clear();
             self.keepalive_stream = Some(stream);
         }

@@ -193,7 +193,7 @@ async fn a_lease_not_kept_alive_expires_and_the_watch_sees_the_deletion() {
     let Some(cluster) = Cluster::one().await else {
         return;
     };
-    let silent = node(&cluster, "host-a").await;
+    let mut silent = node(&cluster, "host-a").await;
     let mut standby = node(&cluster, "host-b").await;
     let limit = Duration::from_secs(5);
 
@@ -242,6 +242,12 @@ async fn a_lease_not_kept_alive_expires_and_the_watch_sees_the_deletion() {
     assert!(matches!(
         within(limit, "acquire", standby.try_acquire("s1")).await.unwrap(),
         Acquisition::Acquired { epoch: later } if later > epoch
+    ));
+    // The silent owner, back, learns that its lease is gone: a loss, not
+    // a transient error.
+    assert!(matches!(
+        within(limit, "late keepalive", silent.keepalive()).await,
+        Err(OwnershipError::LeaseLost { .. })
     ));
 }
 
