@@ -469,6 +469,12 @@ env = { B = "3" }
                 "cluster.takeover_grace",
                 "maximum of 5m",
             ),
+            (
+                "[cluster]\nlease_ttl = \"2500ms\"\n",
+                2,
+                "cluster.lease_ttl",
+                "whole seconds",
+            ),
             ("[cluster]\nttl = \"1s\"\n", 2, "ttl", "unknown field"),
         ];
         for (text, line, key, words) in cases {

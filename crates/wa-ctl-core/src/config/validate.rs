@@ -282,6 +282,17 @@ pub(super) fn cluster(
         &limits::LEASE_TTL,
         Duration::from_secs(10),
     )?;
+    if lease_ttl.subsec_nanos() != 0 {
+        let span = raw
+            .lease_ttl
+            .as_ref()
+            .map_or(table_span.clone(), |d| d.span());
+        return Err((
+            span,
+            "cluster.lease_ttl",
+            "etcd leases are whole seconds: write e.g. \"10s\"".to_owned(),
+        ));
+    }
     let takeover_grace = duration(
         raw.takeover_grace.as_ref(),
         &limits::TAKEOVER_GRACE,
