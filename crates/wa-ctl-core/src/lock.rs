@@ -53,12 +53,15 @@ pub struct SupervisorLock {
 }
 
 fn open_lock_file(path: &Path, create: bool) -> io::Result<File> {
+    // O_NOFOLLOW (issue #9): a symlink planted as the lock file was
+    // followed, and its target truncated when the pid was written.
     OpenOptions::new()
         .read(true)
         .write(create)
         .create(create)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -328,6 +331,18 @@ mod tests {
                 .unwrap()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("precious");
+        std::fs::write(&target, "keep me").unwrap();
+        std::os::unix::fs::symlink(&target, tmp.path().join(LOCK_FILE)).unwrap();
+        let err = SupervisorLock::acquire(tmp.path(), None, 0).unwrap_err();
+        assert_eq!(err.source.raw_os_error(), Some(nix::libc::ELOOP), "{err:?}");
+        assert!(SupervisorLock::probe(tmp.path()).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }
 
     #[test]

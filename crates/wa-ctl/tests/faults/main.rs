@@ -11,6 +11,12 @@
 )]
 mod harness;
 
+// Issue #9's hostile run, one file per theme.
+mod descriptors;
+mod hangs;
+mod holds;
+mod hostile_input;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
