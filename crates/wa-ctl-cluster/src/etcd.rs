@@ -324,44 +324,60 @@ impl Ownership for EtcdOwnership {
     }
 
     async fn list(&self) -> Result<Vec<SessionRecord>, OwnershipError> {
-        let answer = self
-            .client
-            .clone()
-            .get(
-                self.prefix.sessions_dir(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(etcd("list"))?;
-        let mut sessions: BTreeMap<String, SessionRecord> = BTreeMap::new();
-        for kv in answer.kvs() {
-            let Ok(key) = std::str::from_utf8(kv.key()) else {
-                continue;
-            };
-            // Keys under the prefix that are not ours are someone else's
-            // business (a newer version's, say): skipped, not an error.
-            let Some((id, which)) = parse_session_key(&self.prefix, key) else {
-                continue;
-            };
-            let record = sessions
-                .entry(id.to_owned())
-                .or_insert_with(|| SessionRecord {
-                    id: id.to_owned(),
-                    owner: None,
-                    epoch: None,
-                    state: None,
-                });
-            let value = String::from_utf8_lossy(kv.value()).into_owned();
-            match which {
-                SessionKey::Owner => {
-                    record.owner = Some(value);
-                    record.epoch = Some(kv.create_revision());
-                }
-                SessionKey::State => record.state = Some(value),
-            }
-        }
-        Ok(sessions.into_values().collect())
+        list_sessions(self.client.clone(), &self.prefix).await
     }
+}
+
+/// Every session under `prefix`, read without a lease (`wa-ctl status
+/// --cluster`: a read changes nothing and needs no ownership).
+pub async fn cluster_view<E: AsRef<str>>(
+    endpoints: &[E],
+    prefix: &str,
+) -> Result<Vec<SessionRecord>, OwnershipError> {
+    let prefix = Prefix::new(prefix)?;
+    let options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+    let client = Client::connect(endpoints, Some(options))
+        .await
+        .map_err(etcd("connect"))?;
+    list_sessions(client, &prefix).await
+}
+
+async fn list_sessions(
+    mut client: Client,
+    prefix: &Prefix,
+) -> Result<Vec<SessionRecord>, OwnershipError> {
+    let answer = client
+        .get(prefix.sessions_dir(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(etcd("list"))?;
+    let mut sessions: BTreeMap<String, SessionRecord> = BTreeMap::new();
+    for kv in answer.kvs() {
+        let Ok(key) = std::str::from_utf8(kv.key()) else {
+            continue;
+        };
+        // Keys under the prefix that are not ours are someone else's
+        // business (a newer version's, say): skipped, not an error.
+        let Some((id, which)) = parse_session_key(prefix, key) else {
+            continue;
+        };
+        let record = sessions
+            .entry(id.to_owned())
+            .or_insert_with(|| SessionRecord {
+                id: id.to_owned(),
+                owner: None,
+                epoch: None,
+                state: None,
+            });
+        let value = String::from_utf8_lossy(kv.value()).into_owned();
+        match which {
+            SessionKey::Owner => {
+                record.owner = Some(value);
+                record.epoch = Some(kv.create_revision());
+            }
+            SessionKey::State => record.state = Some(value),
+        }
+    }
+    Ok(sessions.into_values().collect())
 }
 
 /// The watch over every owner key under a prefix.

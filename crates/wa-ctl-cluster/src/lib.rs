@@ -44,7 +44,7 @@ pub mod key;
 pub mod ownership;
 
 pub use deadline::ownership_deadline;
-pub use etcd::{EtcdOwnerWatch, EtcdOwnership};
+pub use etcd::{EtcdOwnerWatch, EtcdOwnership, cluster_view};
 pub use key::{KeyError, Prefix, owner_key, state_key};
 pub use ownership::{
     Acquisition, KeepaliveAck, OwnerChange, OwnerWatch, Ownership, OwnershipError, SessionRecord,

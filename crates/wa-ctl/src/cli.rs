@@ -91,6 +91,12 @@ pub enum Command {
         /// One JSON object: {"running","pid","sessions":[...]}
         #[arg(long)]
         json: bool,
+        /// Every session under the [cluster] prefix, with its owner node,
+        /// epoch and last published state, read from etcd (exits 0 even
+        /// when this node runs nothing); with --json:
+        /// {"node","prefix","sessions":[{"id","owner","epoch","state"}]}
+        #[arg(long)]
+        cluster: bool,
     },
     /// Pair a session with a phone: show its QR code (or pair code) until it connects
     ///

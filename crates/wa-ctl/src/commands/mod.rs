@@ -40,7 +40,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Start { id, foreground } => start::start(&config, id, foreground),
         Command::Stop { id, all, force } => stop::stop(&config, id, all, force),
         Command::Restart { id, force } => restart::restart(&config, id, force),
-        Command::Status { id, json } => status::status(&config, id, json),
+        Command::Status {
+            id,
+            json,
+            cluster: true,
+        } => status::cluster_status(&config, id, json),
+        Command::Status { id, json, .. } => status::status(&config, id, json),
         Command::Logs { follow, lines } => logs::logs(&config, follow, lines),
         Command::Login { id, phone } => login::login(&config, id, phone),
         Command::Check => check::check(&config),

@@ -96,3 +96,126 @@ pub(super) fn status(config: &Config, id: Option<String>, json: bool) -> anyhow:
         (false, _) => exit::NOT_RUNNING,
     })
 }
+
+/// How long `status --cluster` waits for etcd.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `status --cluster --json`: a public contract (issue #10).
+#[derive(Debug, serde::Serialize)]
+struct ClusterReport {
+    node: String,
+    prefix: String,
+    sessions: Vec<ClusterSession>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ClusterSession {
+    id: String,
+    owner: Option<String>,
+    epoch: Option<i64>,
+    /// What the owner last published under the prefix, or null.
+    state: Option<String>,
+}
+
+/// `wa-ctl status --cluster`: every session under the prefix, read from
+/// etcd without a lease. It needs no running supervisor.
+pub(super) fn cluster_status(
+    config: &Config,
+    id: Option<String>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let Some(cluster) = &config.cluster else {
+        return Err(crate::exit::UsageError(format!(
+            "--cluster needs a [cluster] table in the configuration ({})",
+            config.source
+        ))
+        .into());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let records = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                CLUSTER_TIMEOUT,
+                wa_ctl_cluster::cluster_view(&cluster.endpoints, &cluster.prefix),
+            )
+            .await
+        })
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "etcd at {} did not answer within {}s",
+                cluster.endpoints.join(", "),
+                CLUSTER_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "reading the sessions from etcd at {}: {}",
+                cluster.endpoints.join(", "),
+                wa_ctl_core::error_chain(&e)
+            )
+        })?;
+    let sessions: Vec<ClusterSession> = records
+        .into_iter()
+        .filter(|r| id.as_ref().is_none_or(|id| &r.id == id))
+        .map(|r| ClusterSession {
+            id: r.id,
+            owner: r.owner,
+            epoch: r.epoch,
+            state: r.state,
+        })
+        .collect();
+    let report = ClusterReport {
+        node: cluster.node.clone(),
+        prefix: cluster.prefix.clone(),
+        sessions,
+    };
+    if json {
+        out(&format!("{}\n", serde_json::to_string(&report)?))?;
+        return Ok(exit::SUCCESS);
+    }
+    let mut text = format!(
+        "cluster {} (this node: {})\n",
+        wa_ctl_core::text::Quoted(&report.prefix),
+        wa_ctl_core::text::Quoted(&report.node)
+    );
+    let mut rows = vec![[
+        "SESSION".to_owned(),
+        "OWNER".to_owned(),
+        "EPOCH".to_owned(),
+        "STATE".to_owned(),
+    ]];
+    for s in &report.sessions {
+        // Node names and states come from etcd: any other node wrote them.
+        let shown = |v: &Option<String>| {
+            v.as_deref().map_or_else(
+                || "-".to_owned(),
+                |v| wa_ctl_core::text::escape(v).into_owned(),
+            )
+        };
+        rows.push([
+            s.id.clone(),
+            shown(&s.owner),
+            s.epoch.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            shown(&s.state),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    if report.sessions.is_empty() {
+        text.push_str("(no session is owned or published under this prefix)\n");
+    }
+    out(&text)?;
+    Ok(exit::SUCCESS)
+}
