@@ -91,7 +91,7 @@ pub enum Command {
         /// One JSON object: {"running","pid","sessions":[...]}
         #[arg(long)]
         json: bool,
-        /// Every session under the [cluster] prefix, with its owner node,
+        /// Every session under the `[cluster]` prefix, with its owner node,
         /// epoch and last published state, read from etcd (exits 0 even
         /// when this node runs nothing); with --json:
         /// {"node","prefix","sessions":[{"id","owner","epoch","state"}]}
