@@ -48,11 +48,15 @@ pub enum State {
     Failed,
     /// Another supervisor holds this session's lock.
     Locked,
+    /// Another node owns the session (issue #10, `[cluster]`): no worker
+    /// runs here; the owner's key is watched, and taken over once it is gone
+    /// and `takeover_grace` has passed.
+    Standby,
 }
 
 impl State {
     /// Every state, in the order `status` summaries list them.
-    pub const ALL: [State; 9] = [
+    pub const ALL: [State; 10] = [
         State::Starting,
         State::Pairing,
         State::Connected,
@@ -62,6 +66,7 @@ impl State {
         State::LoggedOut,
         State::Failed,
         State::Locked,
+        State::Standby,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +80,7 @@ impl State {
             State::LoggedOut => "logged_out",
             State::Failed => "failed",
             State::Locked => "locked",
+            State::Standby => "standby",
         }
     }
 
@@ -88,7 +94,12 @@ impl State {
     pub fn ends_login(self) -> bool {
         matches!(
             self,
-            State::Connected | State::Stopped | State::LoggedOut | State::Failed | State::Locked
+            State::Connected
+                | State::Stopped
+                | State::LoggedOut
+                | State::Failed
+                | State::Locked
+                | State::Standby
         )
     }
 }
@@ -127,6 +138,18 @@ enum AfterStop {
     Rest,
     /// Start again: `wa-ctl restart`, or a `start` that arrived mid-stop.
     Start,
+    /// Ownership was lost (issue #10): stand by for the session.
+    Standby,
+}
+
+/// Who owns a session across hosts (issue #10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    /// The owner key's create_revision: the fencing token.
+    pub epoch: i64,
+    /// This node.
+    pub ours: bool,
 }
 
 /// The longest `retry_after_s` honoured: a worker's wish cannot park a
@@ -216,6 +239,13 @@ impl Worker {
 pub enum Phase {
     /// No worker and no job: the session rests, or waits for its backoff.
     Idle,
+    /// Ownership across hosts is being acquired (issue #10): the owner key
+    /// is being created in etcd, off the loop. Nothing is prepared before it
+    /// is ours.
+    Acquiring {
+        /// An operator stopped the session meanwhile.
+        cancelled: bool,
+    },
     /// The session lock is being taken and what a dead supervisor left is
     /// being ended, off the event loop. No worker exists yet.
     Preparing {
@@ -239,6 +269,7 @@ impl Phase {
     pub fn name(&self) -> &'static str {
         match self {
             Phase::Idle => "idle",
+            Phase::Acquiring { .. } => "acquiring",
             Phase::Preparing { .. } => "preparing",
             Phase::Running(_) => "running",
             Phase::Ending { .. } => "ending",
@@ -283,6 +314,18 @@ pub enum Input {
     Held(Hold),
     /// A deadline of this session's may have passed.
     Tick,
+    /// The owner key is ours (issue #10), with this epoch.
+    Acquired { epoch: i64 },
+    /// Another node owns the session.
+    OwnedElsewhere { node: String, epoch: i64 },
+    /// Ownership could not be asked for (etcd unreachable): no ownership,
+    /// so no worker; tried again after `takeover_grace`.
+    AcquireFailed { reason: String },
+    /// The owner key of a session we stand by for is gone.
+    OwnerGone,
+    /// Our ownership is gone (the lease expired, or our own deadline
+    /// passed): end the worker and stand by.
+    OwnershipLost { new_owner: Option<String> },
 }
 
 /// Something the supervisor must do for this session.
@@ -309,6 +352,12 @@ pub enum Effect {
     /// ended in a state an operator must clear (`stopped` by the policy,
     /// `logged_out`, `failed`), and a new supervisor must not undo that.
     Hold,
+    /// Create the owner key if nobody has it (issue #10); answer with
+    /// `Acquired`, `OwnedElsewhere` or `AcquireFailed`.
+    Acquire,
+    /// Delete our owner key: an operator stopped the session, and a standby
+    /// may take it over at once.
+    Release,
 }
 
 /// A state an operator must clear, as persisted across supervisors.
@@ -342,6 +391,9 @@ pub struct Context<'a> {
     pub now: Instant,
     /// The wall clock at `now`, for the times status shows.
     pub wall: SystemTime,
+    /// `[cluster] takeover_grace` when sessions are owned across hosts
+    /// (issue #10); `None` on a host alone.
+    pub takeover_grace: Option<Duration>,
 }
 
 /// `now + delay`, or a point so far away that it never comes: a deadline
@@ -392,6 +444,11 @@ pub struct Session {
     /// The QR payload or pair code waiting to be used.
     pub pairing_code: Option<PairingCode>,
     pub jid: Option<String>,
+    /// Who owns the session across hosts (issue #10), when known.
+    pub owner: Option<Owner>,
+    /// Ownership was lost while a job ran: the session stands by once the
+    /// job is done.
+    standby_pending: bool,
 }
 
 /// A code the worker asked the user to scan or type. Secret.
@@ -419,6 +476,8 @@ impl Default for Session {
             hang_at: None,
             pairing_code: None,
             jid: None,
+            owner: None,
+            standby_pending: false,
         }
     }
 }
@@ -466,8 +525,10 @@ impl Session {
             Input::Prepared => match &self.phase {
                 Phase::Preparing { cancelled: true } => {
                     self.phase = Phase::Idle;
-                    self.state = State::Stopped;
-                    vec![Effect::ReleaseLock]
+                    self.state = self.rest_state();
+                    let mut effects = vec![Effect::ReleaseLock];
+                    effects.extend(self.release_if_stopped());
+                    effects
                 }
                 Phase::Preparing { cancelled: false } => vec![Effect::Spawn],
                 _ => vec![],
@@ -475,7 +536,7 @@ impl Session {
             Input::LockBusy => match &self.phase {
                 Phase::Preparing { cancelled } => {
                     self.state = if *cancelled {
-                        State::Stopped
+                        self.rest_state()
                     } else {
                         State::Locked
                     };
@@ -561,6 +622,8 @@ impl Session {
                     return vec![];
                 };
                 self.phase = Phase::Idle;
+                // A logout decides over a lost ownership: logged out here.
+                self.standby_pending = false;
                 if let Some(error) = error {
                     // Shown, not only logged: the credentials are still live.
                     let reason = self.last_reason.take();
@@ -599,7 +662,134 @@ impl Session {
                 _ => vec![],
             },
             Input::Tick => self.tick(cx),
+            Input::Acquired { epoch } => match self.phase {
+                Phase::Acquiring { cancelled } => {
+                    self.owner = Some(Owner {
+                        node: String::new(),
+                        epoch,
+                        ours: true,
+                    });
+                    if cancelled {
+                        self.phase = Phase::Idle;
+                        self.state = self.rest_state();
+                        self.release_if_stopped()
+                    } else {
+                        self.prepare()
+                    }
+                }
+                _ => vec![],
+            },
+            Input::OwnedElsewhere { node, epoch } => match self.phase {
+                Phase::Acquiring { cancelled } => {
+                    self.phase = Phase::Idle;
+                    self.last_reason = Some(format!("owned by {node} (epoch {epoch})"));
+                    self.owner = Some(Owner {
+                        node,
+                        epoch,
+                        ours: false,
+                    });
+                    self.standby_pending = false;
+                    self.state = if cancelled {
+                        State::Stopped
+                    } else {
+                        State::Standby
+                    };
+                    vec![]
+                }
+                _ => vec![],
+            },
+            Input::AcquireFailed { reason } => match self.phase {
+                Phase::Acquiring { cancelled } => {
+                    self.phase = Phase::Idle;
+                    self.last_reason = Some(reason);
+                    self.standby_pending = false;
+                    if cancelled {
+                        self.state = State::Stopped;
+                    } else {
+                        // No ownership without etcd: safety over availability.
+                        self.state = State::Standby;
+                        self.next_retry =
+                            cx.takeover_grace.map(|grace| deadline_after(cx.now, grace));
+                    }
+                    vec![]
+                }
+                _ => vec![],
+            },
+            Input::OwnerGone => {
+                if self.state == State::Standby && matches!(self.phase, Phase::Idle) {
+                    self.owner = None;
+                    self.next_retry = cx.takeover_grace.map(|grace| deadline_after(cx.now, grace));
+                }
+                vec![]
+            }
+            Input::OwnershipLost { new_owner } => self.ownership_lost(new_owner, cx),
         }
+    }
+
+    /// The state a session rests in once a job it waited for is done: it
+    /// stands by if its ownership was lost meanwhile, else it is stopped.
+    fn rest_state(&mut self) -> State {
+        if std::mem::take(&mut self.standby_pending) {
+            State::Standby
+        } else {
+            State::Stopped
+        }
+    }
+
+    /// An operator stop of a session this node owns gives the session up,
+    /// so that a standby takes it over at once (issue #10).
+    fn release_if_stopped(&mut self) -> Vec<Effect> {
+        if self.state == State::Stopped && self.owner.as_ref().is_some_and(|o| o.ours) {
+            self.owner = None;
+            vec![Effect::Release]
+        } else {
+            vec![]
+        }
+    }
+
+    /// Our ownership is gone: whatever the session was doing, it ends and
+    /// stands by. Nothing is released (the key is not ours any more).
+    fn ownership_lost(&mut self, new_owner: Option<String>, cx: Context<'_>) -> Vec<Effect> {
+        self.owner = new_owner.clone().map(|node| Owner {
+            node,
+            epoch: 0,
+            ours: false,
+        });
+        self.last_reason = Some(match &new_owner {
+            Some(node) => format!("ownership lost to {node}"),
+            None => "ownership lost".to_owned(),
+        });
+        match &mut self.phase {
+            Phase::Idle => {
+                self.next_retry = None;
+                if !matches!(
+                    self.state,
+                    State::LoggedOut | State::Failed | State::Stopped
+                ) {
+                    self.state = State::Standby;
+                }
+                vec![Effect::ReleaseLock]
+            }
+            Phase::Acquiring { cancelled } | Phase::Preparing { cancelled } => {
+                *cancelled = true;
+                self.standby_pending = true;
+                vec![]
+            }
+            Phase::Quarantining { then_start } => {
+                *then_start = false;
+                self.standby_pending = true;
+                vec![]
+            }
+            Phase::Running(_) | Phase::Ending { .. } => self.stop_with(cx, AfterStop::Standby),
+        }
+    }
+
+    /// Leaves `Idle` for `Acquiring` (issue #10): ownership first.
+    fn acquire(&mut self) -> Vec<Effect> {
+        self.next_retry = None;
+        self.state = State::Starting;
+        self.phase = Phase::Acquiring { cancelled: false };
+        vec![Effect::Acquire]
     }
 
     fn start(&mut self, cx: Context<'_>, restart: bool) -> Vec<Effect> {
@@ -621,6 +811,10 @@ impl Session {
                 }
                 vec![]
             }
+            // Ownership was lost while the job ran: the job's result is not
+            // ours to use (a spawn now would run beside the new owner's
+            // worker). The session stands by; a later start acquires anew.
+            Phase::Preparing { .. } | Phase::Acquiring { .. } if self.standby_pending => vec![],
             Phase::Preparing { cancelled } => {
                 *cancelled = false;
                 self.state = State::Starting;
@@ -630,13 +824,22 @@ impl Session {
                 *then_start = true;
                 vec![]
             }
+            Phase::Acquiring { cancelled } => {
+                *cancelled = false;
+                self.state = State::Starting;
+                vec![]
+            }
             Phase::Idle => {
                 // An operator start is a fresh start: the breaker and the
                 // backoff begin again.
                 self.restarts = 0;
                 self.restart_times.clear();
                 self.backoff_attempt = 0;
-                self.prepare()
+                if cx.takeover_grace.is_some() && !self.owner.as_ref().is_some_and(|o| o.ours) {
+                    self.acquire()
+                } else {
+                    self.prepare()
+                }
             }
         }
     }
@@ -674,8 +877,9 @@ impl Session {
                 self.state = State::Stopping;
                 vec![]
             }
-            Phase::Preparing { cancelled } => {
-                *cancelled = after == AfterStop::Rest;
+            Phase::Preparing { cancelled } | Phase::Acquiring { cancelled } => {
+                *cancelled = after != AfterStop::Start;
+                self.standby_pending |= after == AfterStop::Standby;
                 if after == AfterStop::Rest {
                     self.state = State::Stopping;
                 }
@@ -690,7 +894,9 @@ impl Session {
                     self.state = State::Stopped;
                 }
                 // Held during a backoff; releasing a lock not held is a no-op.
-                vec![Effect::ReleaseLock]
+                let mut effects = vec![Effect::ReleaseLock];
+                effects.extend(self.release_if_stopped());
+                effects
             }
         }
     }
@@ -771,8 +977,22 @@ impl Session {
             self.last_action = None;
             self.state = State::Stopped;
             return match after {
-                AfterStop::Rest => vec![Effect::ReleaseLock],
+                AfterStop::Rest => {
+                    let mut effects = vec![Effect::ReleaseLock];
+                    effects.extend(self.release_if_stopped());
+                    effects
+                }
                 AfterStop::Start => self.start(cx, false),
+                AfterStop::Standby => {
+                    // The policy does not apply: the worker was ended
+                    // because another node may own the session now.
+                    self.state = State::Standby;
+                    self.last_reason = match &self.owner {
+                        Some(o) if !o.ours => Some(format!("ownership lost to {}", o.node)),
+                        _ => Some("ownership lost".to_owned()),
+                    };
+                    vec![Effect::ReleaseLock]
+                }
             };
         }
 
@@ -896,6 +1116,13 @@ impl Session {
         {
             effects.extend(self.prepare());
         }
+        // A standby's takeover_grace passed: try to own the session.
+        if self.state == State::Standby
+            && matches!(self.phase, Phase::Idle)
+            && self.next_retry.is_some_and(|t| t <= cx.now)
+        {
+            effects.extend(self.acquire());
+        }
         effects
     }
 }
@@ -913,6 +1140,8 @@ mod tests {
         session: Session,
         spawns: u32,
         all_effects: Vec<Effect>,
+        /// `Some` for a session owned across hosts (issue #10).
+        takeover_grace: Option<Duration>,
     }
 
     impl Harness {
@@ -924,6 +1153,7 @@ mod tests {
                 session: Session::new(),
                 spawns: 0,
                 all_effects: vec![],
+                takeover_grace: None,
             }
         }
 
@@ -933,6 +1163,7 @@ mod tests {
                 stop_timeout: Duration::from_secs(10),
                 now: self.now,
                 wall: SystemTime::UNIX_EPOCH,
+                takeover_grace: self.takeover_grace,
             }
         }
 
@@ -1109,6 +1340,7 @@ mod tests {
             stop_timeout: Duration::MAX,
             now: h.now,
             wall: SystemTime::UNIX_EPOCH,
+            takeover_grace: None,
         };
         let mut s = Session::new();
         s.handle(Input::Start, cx);
@@ -1626,5 +1858,119 @@ mod tests {
             reason,
             "r; quarantine failed, credentials left in place: No space left on device"
         );
+    }
+
+    fn clustered() -> Harness {
+        let mut h = Harness::new(no_jitter());
+        h.takeover_grace = Some(Duration::from_secs(2));
+        h
+    }
+
+    #[test]
+    fn with_a_cluster_ownership_comes_before_the_worker() {
+        let mut h = clustered();
+        assert_eq!(h.feed(Input::Start), vec![Effect::Acquire]);
+        assert!(matches!(h.session.phase, Phase::Acquiring { .. }));
+        assert_eq!(h.spawns, 0);
+        assert_eq!(
+            h.feed(Input::Acquired { epoch: 42 }),
+            vec![Effect::Prepare, Effect::Spawn]
+        );
+        assert_eq!(
+            h.session.owner.as_ref().map(|o| (o.epoch, o.ours)),
+            Some((42, true))
+        );
+        // A reconnect keeps the ownership: no second acquire.
+        h.exit_with(Some(408), ExitKind::Code(0));
+        assert_eq!(
+            h.advance(Duration::from_secs(1)),
+            vec![Effect::Prepare, Effect::Spawn]
+        );
+    }
+
+    #[test]
+    fn a_session_owned_elsewhere_stands_by_and_takes_over_after_the_grace() {
+        let mut h = clustered();
+        h.feed(Input::Start);
+        h.feed(Input::OwnedElsewhere {
+            node: "host-a".into(),
+            epoch: 7,
+        });
+        assert_eq!(h.session.state, State::Standby);
+        assert_eq!(
+            h.session.last_reason.as_deref(),
+            Some("owned by host-a (epoch 7)")
+        );
+        assert_eq!(
+            h.advance(Duration::from_secs(3600)),
+            vec![],
+            "waits for the key to go"
+        );
+        h.feed(Input::OwnerGone);
+        assert_eq!(h.advance(Duration::from_millis(1999)), vec![]);
+        assert_eq!(h.advance(Duration::from_millis(1)), vec![Effect::Acquire]);
+        h.feed(Input::Acquired { epoch: 9 });
+        assert_eq!(h.spawns, 1);
+    }
+
+    #[test]
+    fn without_etcd_there_is_no_ownership_and_no_worker() {
+        let mut h = clustered();
+        h.feed(Input::Start);
+        h.feed(Input::AcquireFailed {
+            reason: "etcd unreachable".into(),
+        });
+        assert_eq!(h.session.state, State::Standby);
+        assert_eq!(h.spawns, 0);
+        assert_eq!(
+            h.advance(Duration::from_secs(2)),
+            vec![Effect::Acquire],
+            "tried again"
+        );
+    }
+
+    #[test]
+    fn a_lost_ownership_ends_the_worker_and_stands_by_without_a_release() {
+        let mut h = clustered();
+        h.feed(Input::Start);
+        h.feed(Input::Acquired { epoch: 1 });
+        h.feed(Input::Event(WorkerEvent::Connected { jid: None }));
+        assert_eq!(
+            h.feed(Input::OwnershipLost {
+                new_owner: Some("host-b".into())
+            }),
+            vec![Effect::Terminate]
+        );
+        // The worker's 440 (the new owner connected) is not the policy's.
+        let effects = h.exit_with(Some(440), ExitKind::Code(0));
+        assert_eq!(
+            effects,
+            vec![Effect::ReleaseLock],
+            "no Release: the key is not ours"
+        );
+        assert_eq!(h.session.state, State::Standby);
+        assert_eq!(
+            h.session.last_reason.as_deref(),
+            Some("ownership lost to host-b")
+        );
+        assert_eq!(h.session.last_action, None);
+        assert_eq!(h.spawns, 1);
+    }
+
+    #[test]
+    fn an_operator_stop_gives_the_session_up() {
+        let mut h = clustered();
+        h.feed(Input::Start);
+        h.feed(Input::Acquired { epoch: 1 });
+        assert_eq!(h.feed(Input::Stop), vec![Effect::Terminate]);
+        let effects = h.exit_with(None, ExitKind::Signal(15));
+        assert_eq!(effects, vec![Effect::ReleaseLock, Effect::Release]);
+        assert_eq!(h.session.state, State::Stopped);
+        // A stop while acquiring releases what the acquire got.
+        let mut h = clustered();
+        h.feed(Input::Start);
+        h.feed(Input::Stop);
+        assert_eq!(h.feed(Input::Acquired { epoch: 2 }), vec![Effect::Release]);
+        assert_eq!(h.spawns, 0);
     }
 }

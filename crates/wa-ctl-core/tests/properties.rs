@@ -98,7 +98,7 @@ proptest! {
         prop_assert!(deadline_after(now, stop_timeout) >= now);
         prop_assert!(deadline_after(now, max_backoff) >= now);
 
-        let cx = Context { policy: &policy, stop_timeout, now, wall: std::time::SystemTime::UNIX_EPOCH };
+        let cx = Context { policy: &policy, stop_timeout, now, wall: std::time::SystemTime::UNIX_EPOCH, takeover_grace: None };
         let mut session = Session::new();
         let feed = |session: &mut Session, input: Input| {
             let mut queue = vec![input];
@@ -213,7 +213,7 @@ proptest! {
         let mut session = Session::new();
         let mut spawns = 0u32;
         let step = |session: &mut Session, input: Input, now: Instant, spawns: &mut u32| {
-            let cx = Context { policy: &policy, stop_timeout: Duration::from_secs(1), now, wall: std::time::SystemTime::UNIX_EPOCH };
+            let cx = Context { policy: &policy, stop_timeout: Duration::from_secs(1), now, wall: std::time::SystemTime::UNIX_EPOCH, takeover_grace: None };
             let mut queue = vec![input];
             while let Some(input) = queue.pop() {
                 for effect in session.handle(input, cx) {
@@ -255,7 +255,7 @@ proptest! {
     /// has two workers, never spawns outside `Preparing`, and never signals
     /// a reaped worker.
     #[test]
-    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..17, 1..200)) {
+    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..22, 1..200), cluster in any::<bool>()) {
         let policy = Policy {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
@@ -272,6 +272,11 @@ proptest! {
         // The worker process, from the moment the spawner started it.
         let mut alive: Option<u32> = None;
         let mut spawns = 0u32;
+        // Issue #10, with `[cluster]`: the acquire job in flight, and
+        // whether this node owns the session.
+        let mut acquire_pending = false;
+        let mut owns = false;
+        let takeover_grace = cluster.then_some(Duration::from_millis(10));
         for op in ops {
             let running = matches!(session.phase, Phase::Running(_));
             let input = match op {
@@ -297,18 +302,34 @@ proptest! {
                 14 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Alive),
                 15 if running => Input::Event(wa_ctl_core::protocol::WorkerEvent::Closed { code: 503, reason: None, retry_after_s: Some(0) }),
                 16 => { now += Duration::from_secs(120); Input::Tick }
+                // Issue #10: ownership answers and losses.
+                17 if acquire_pending => { acquire_pending = false; owns = true; Input::Acquired { epoch: 7 } }
+                18 if acquire_pending => { acquire_pending = false; Input::OwnedElsewhere { node: "b".into(), epoch: 8 } }
+                19 if acquire_pending => { acquire_pending = false; Input::AcquireFailed { reason: "x".into() } }
+                20 if cluster => { owns = false; Input::OwnershipLost { new_owner: Some("b".into()) } }
+                21 if cluster => Input::OwnerGone,
                 12 if spawn_pending => {
                     spawn_pending = false;
                     Input::Spawned { pid: alive.expect("the spawner started it") }
                 }
                 _ => continue,
             };
-            let cx = Context { policy: &policy, stop_timeout: Duration::from_millis(20), now, wall: std::time::SystemTime::UNIX_EPOCH };
+            let cx = Context { policy: &policy, stop_timeout: Duration::from_millis(20), now, wall: std::time::SystemTime::UNIX_EPOCH, takeover_grace };
             let mut queue = vec![input];
             while let Some(input) = queue.pop() {
                 for effect in session.handle(input, cx) {
                     match effect {
+                        Effect::Acquire => {
+                            prop_assert!(cluster, "an acquire on a host alone");
+                            prop_assert!(!acquire_pending, "a second acquire job");
+                            acquire_pending = true;
+                        }
+                        Effect::Release => {
+                            prop_assert!(owns, "a release of a key not ours");
+                            owns = false;
+                        }
                         Effect::Prepare => {
+                            prop_assert!(!cluster || owns, "a prepare without ownership");
                             prop_assert!(!prepare_pending, "a second prepare job");
                             prepare_pending = true;
                         }
@@ -318,6 +339,7 @@ proptest! {
                             prop_assert!(!collect_pending, "a spawn before the last worker was collected");
                             let preparing = matches!(session.phase, Phase::Preparing { cancelled: false });
                             prop_assert!(preparing, "a spawn outside Preparing");
+                            prop_assert!(!cluster || owns, "a spawn without ownership");
                             spawns += 1;
                             alive = Some(spawns);
                             spawn_pending = true;
@@ -341,7 +363,8 @@ proptest! {
                 ),
                 Phase::Ending { .. } => prop_assert!(collect_pending && alive.is_none()),
                 Phase::Quarantining { .. } => prop_assert!(quarantine_pending && alive.is_none()),
-                Phase::Idle => prop_assert!(alive.is_none() && !prepare_pending && !spawn_pending),
+                Phase::Idle => prop_assert!(alive.is_none() && !prepare_pending && !spawn_pending && !acquire_pending),
+                Phase::Acquiring { .. } => prop_assert!(acquire_pending && alive.is_none() && !prepare_pending),
             }
             prop_assert!(session.running().is_none() || session.state != State::Stopped);
         }

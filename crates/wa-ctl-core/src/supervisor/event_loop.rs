@@ -83,7 +83,7 @@ type WorkerArgs = (
 );
 
 /// The number of [`Phase`] kinds, for the per-phase counts.
-const PHASES: usize = 5;
+const PHASES: usize = 6;
 
 /// This process's CPU time, user and system, in microseconds.
 fn own_cpu_us() -> u64 {
@@ -105,6 +105,7 @@ fn phase_index(phase: &Phase) -> usize {
         Phase::Running(_) => 2,
         Phase::Ending { .. } => 3,
         Phase::Quarantining { .. } => 4,
+        Phase::Acquiring { .. } => 5,
     }
 }
 
@@ -899,6 +900,9 @@ impl EventLoop {
                 stop_timeout: self.config.supervisor.stop_timeout,
                 now: Instant::now(),
                 wall: SystemTime::now(),
+                // Ownership across hosts is not wired into the loop yet
+                // (issue #10): `[cluster]` is refused before it starts.
+                takeover_grace: None,
             };
             let effects = self.slots[idx].session.handle(input, cx);
             for effect in effects {
@@ -983,6 +987,10 @@ impl EventLoop {
                 self.tx.clone(),
             ),
             Effect::ReleaseLock => slot.lock = None,
+            Effect::Acquire | Effect::Release => {
+                // Unreachable while `takeover_grace` is `None` above.
+                error!(session = %id, ?effect, "ownership across hosts is not wired into the loop yet");
+            }
             Effect::Hold => {
                 let s = &slot.session;
                 let hold = Hold {
