@@ -503,6 +503,8 @@ async fn three_members_lose_their_leader_and_keep_the_lease_and_the_key() {
             "no keepalive acknowledged for {:?} after killing member {killed}",
             last_ack.elapsed()
         );
+        // The supervisor's keepalive cadence (lease_ttl / 3), not a
+        // synchronisation: each round asserts on the answer it got.
         tokio::time::sleep(ttl / 3).await;
     }
     eprintln!("leader m{killed} killed; {n_failures} keepalives failed meanwhile");

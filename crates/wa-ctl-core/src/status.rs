@@ -369,18 +369,7 @@ impl StatusReport {
             plural(p.workers, "worker", "workers"),
             plural(p.strays.len(), "stray", "strays"),
         );
-        let widths: Vec<usize> = (0..8)
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-            .collect();
-        for row in &rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+        out.push_str(&render_table(&rows));
         out.push_str(&census_line);
         if !p.strays.is_empty() {
             out.push_str(&format!(
@@ -402,6 +391,25 @@ impl StatusReport {
         }
         out
     }
+}
+
+/// Rows as left-aligned columns, two spaces apart, one line each: the
+/// tables of `wa-ctl status` and `status --cluster`.
+pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn human_seconds(s: f64) -> String {

@@ -382,20 +382,10 @@ impl EventLoop {
                 }
             }
             Event::Signal(SignalEvent::Shutdown) => self.begin_shutdown(),
-            Event::Signal(SignalEvent::Hangup) => match self.log_file.reopen() {
-                // logrotate's convention (issue #9): a log moved away is
-                // written no more. The configuration is not reloaded.
-                Ok(true) => info!(
-                    path = %self.log_file.path().map(|p| p.display().to_string()).unwrap_or_default(),
-                    "SIGHUP: log file reopened (the configuration is not reloaded: `wa-ctl restart` applies a change)"
-                ),
-                Ok(false) => info!(
-                    "SIGHUP: no log file to reopen; the configuration is not reloaded (`wa-ctl restart` applies a change)"
-                ),
-                Err(e) => {
-                    error!("SIGHUP: cannot reopen the log file: {e}; still writing to the old one")
-                }
-            },
+            // logrotate's convention (issue #9): a log moved away is written
+            // no more. Opening a file may wait on its file system: off the
+            // loop. The configuration is not reloaded.
+            Event::Signal(SignalEvent::Hangup) => self.log_file.reopen_off_loop(),
             Event::Signal(SignalEvent::Child) => {
                 let explained = self.reap_candidates() > 0;
                 self.schedule_full_scan(explained);

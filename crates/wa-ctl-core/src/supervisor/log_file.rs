@@ -53,7 +53,22 @@ impl LogFile {
         Ok(true)
     }
 
-    pub(super) fn path(&self) -> Option<&std::path::Path> {
-        self.path.as_deref()
+    /// Reopens on tokio's blocking pool and logs the outcome there.
+    pub(super) fn reopen_off_loop(&self) {
+        let file = LogFile {
+            path: self.path.clone(),
+        };
+        tokio::task::spawn_blocking(move || match file.reopen() {
+            Ok(true) => tracing::info!(
+                path = %file.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "SIGHUP: log file reopened (the configuration is not reloaded: `wa-ctl restart` applies a change)"
+            ),
+            Ok(false) => tracing::info!(
+                "SIGHUP: no log file to reopen; the configuration is not reloaded (`wa-ctl restart` applies a change)"
+            ),
+            Err(e) => tracing::error!(
+                "SIGHUP: cannot reopen the log file: {e}; still writing to the old one"
+            ),
+        });
     }
 }

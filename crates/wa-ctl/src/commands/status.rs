@@ -201,18 +201,7 @@ pub(super) fn cluster_status(
             shown(&s.state),
         ]);
     }
-    let widths: Vec<usize> = (0..4)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        text.push_str(line.join("  ").trim_end());
-        text.push('\n');
-    }
+    text.push_str(&wa_ctl_core::status::render_table(&rows));
     if report.sessions.is_empty() {
         text.push_str("(no session is owned or published under this prefix)\n");
     }

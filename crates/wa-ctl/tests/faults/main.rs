@@ -212,6 +212,8 @@ fn sigkill_of_the_supervisor_around_a_logout_quarantine() {
                 .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().join(CREDS).exists())));
             (live || quarantined).then_some(())
         });
+        // Fault timing, not synchronisation: the kill lands at several
+        // points around the rename, after the wait above has seen it start.
         std::thread::sleep(Duration::from_millis(delay_ms));
         signal(supervisor, Signal::SIGKILL);
         assert_recovers(&env, supervisor, true, "connected");

@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use crate::harness::{ChildGuard, DEADLINE, TestEnv, alive, command, test_worker_bin};
+use crate::harness::{ChildGuard, DEADLINE, TestEnv, alive, command, test_worker_bin, wait_until};
 
 /// Starts the configured worker command by hand, outside the supervisor,
 /// as an operator would with `node index.js &`. It is killed when the guard
@@ -117,6 +117,16 @@ fn stop_all_escalates_to_sigkill_for_a_stray_that_ignores_sigterm() {
     let mut args = steps(&env);
     args.insert(2, "ignore-term".to_owned());
     let mut stray = start_by_hand(&env, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Its `ignore-term` step must have run before the SIGTERM: under load it
+    // once had not, and the stray died of SIGTERM at once. The kernel shows
+    // the ignored signals (SIGTERM is bit 14 of SigIgn).
+    let pid = stray.id();
+    wait_until("the stray to ignore SIGTERM", DEADLINE, || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+        let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+        (mask & (1 << 14) != 0).then_some(())
+    });
     let started = std::time::Instant::now();
     env.ok(&["stop", "--all"]);
     let status = stray.wait("the stray to end", DEADLINE);

@@ -2,7 +2,7 @@
 //! and refused by `start` until ownership across hosts is wired in, so that
 //! a configuration that asks for it never runs as if it were alone.
 
-use crate::harness::{TestEnv, stderr};
+use crate::harness::{TestEnv, closed_port, stderr};
 
 #[test]
 fn check_shows_the_failover_timeline() {
@@ -103,12 +103,7 @@ fn status_cluster_lists_the_owners_from_etcd() {
 /// timeout; a configuration without [cluster] is a usage error.
 #[test]
 fn status_cluster_says_what_is_wrong() {
-    // A port nothing listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let env = TestEnv::new(&format!(
         "[cluster]\nendpoints = [\"http://127.0.0.1:{port}\"]\nlease_ttl = \"30s\"\n"
     ));

@@ -3,17 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{DEADLINE, TestEnv, wait_until};
+use crate::harness::{DEADLINE, TestEnv, closed_port, wait_until};
 
 /// The real worker against a dead endpoint: restarts climb at the
 /// configured spacing until the breaker trips (issue #3).
 #[test]
 fn restarts_climb_at_the_configured_spacing_until_the_breaker_trips() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     // A bare `wa-worker` is found beside wa-ctl, as after `cargo install`.
     let env = TestEnv::new(&format!(
         "[worker]\ncommand = [\"wa-worker\", \"--url\", \"ws://127.0.0.1:{port}/ws/chat\"]\n\
