@@ -47,6 +47,8 @@ pub struct EtcdOwnership {
     node: String,
     lease_id: i64,
     granted_ttl: Duration,
+    /// When the grant was asked for: the lease's first "keepalive".
+    granted_at: Instant,
     /// The keepalive stream, opened at the first keepalive and again after
     /// an error (the member it ran to may be the one that died).
     keepalive_stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
@@ -71,6 +73,25 @@ impl std::fmt::Debug for EtcdOwnership {
     }
 }
 
+/// A clone shares the connection and the lease, and keeps a keepalive
+/// stream of its own: the supervisor renews the lease from one clone while
+/// others acquire, release and publish concurrently.
+impl Clone for EtcdOwnership {
+    fn clone(&self) -> Self {
+        EtcdOwnership {
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            node: self.node.clone(),
+            lease_id: self.lease_id,
+            granted_ttl: self.granted_ttl,
+            granted_at: self.granted_at,
+            keepalive_stream: None,
+            unanswered_sends: VecDeque::new(),
+            revoked: self.revoked,
+        }
+    }
+}
+
 impl EtcdOwnership {
     /// Connects to `endpoints` and grants this supervisor's one lease, of
     /// `lease_ttl` (whole seconds). `node` is only ever a value, so it may
@@ -90,6 +111,7 @@ impl EtcdOwnership {
         let mut client = Client::connect(endpoints, Some(options))
             .await
             .map_err(etcd("connect"))?;
+        let granted_at = Instant::now();
         let grant = client
             .lease_grant(ttl, None)
             .await
@@ -103,10 +125,20 @@ impl EtcdOwnership {
             node: node.to_owned(),
             lease_id: grant.id(),
             granted_ttl,
+            granted_at,
             keepalive_stream: None,
             unanswered_sends: VecDeque::new(),
             revoked: false,
         })
+    }
+
+    /// The grant as a first acknowledged keepalive: its send time (the
+    /// lease's TTL started after it) and the TTL etcd granted.
+    pub fn grant_ack(&self) -> KeepaliveAck {
+        KeepaliveAck {
+            sent_at: self.granted_at,
+            ttl: self.granted_ttl,
+        }
     }
 
     /// This supervisor's node name.

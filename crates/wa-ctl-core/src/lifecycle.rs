@@ -321,8 +321,11 @@ pub enum Input {
     /// Ownership could not be asked for (etcd unreachable): no ownership,
     /// so no worker; tried again after `takeover_grace`.
     AcquireFailed { reason: String },
-    /// The owner key of a session we stand by for is gone.
+    /// The owner key of a session we stand by for (or are acquiring) is
+    /// gone, or changes may have been missed: try again after the grace.
     OwnerGone,
+    /// The watch saw the owner key written: by another node, or by us.
+    OwnerChanged { node: String, epoch: i64 },
     /// Our ownership is gone (the lease expired, or our own deadline
     /// passed): end the worker and stand by.
     OwnershipLost { new_owner: Option<String> },
@@ -449,6 +452,9 @@ pub struct Session {
     /// Ownership was lost while a job ran: the session stands by once the
     /// job is done.
     standby_pending: bool,
+    /// The owner key was seen gone while an acquire was in flight: an
+    /// "owned elsewhere" answer may be older than that, so try again.
+    owner_gone_while_acquiring: bool,
 }
 
 /// A code the worker asked the user to scan or type. Secret.
@@ -478,6 +484,7 @@ impl Default for Session {
             jid: None,
             owner: None,
             standby_pending: false,
+            owner_gone_while_acquiring: false,
         }
     }
 }
@@ -688,12 +695,20 @@ impl Session {
                         epoch,
                         ours: false,
                     });
-                    self.standby_pending = false;
-                    self.state = if cancelled {
-                        State::Stopped
+                    let gone = std::mem::take(&mut self.owner_gone_while_acquiring);
+                    if cancelled {
+                        self.state = self.rest_state();
                     } else {
-                        State::Standby
-                    };
+                        self.standby_pending = false;
+                        self.state = State::Standby;
+                        if gone {
+                            // The owner left while we asked: this answer
+                            // may predate it.
+                            self.owner = None;
+                            self.next_retry =
+                                cx.takeover_grace.map(|grace| deadline_after(cx.now, grace));
+                        }
+                    }
                     vec![]
                 }
                 _ => vec![],
@@ -702,12 +717,16 @@ impl Session {
                 Phase::Acquiring { cancelled } => {
                     self.phase = Phase::Idle;
                     self.last_reason = Some(reason);
-                    self.standby_pending = false;
+                    self.owner_gone_while_acquiring = false;
                     if cancelled {
-                        self.state = State::Stopped;
+                        self.state = self.rest_state();
                     } else {
-                        // No ownership without etcd: safety over availability.
+                        self.standby_pending = false;
                         self.state = State::Standby;
+                    }
+                    if self.state == State::Standby {
+                        // No ownership without etcd: safety over
+                        // availability. Tried again after the grace.
                         self.next_retry =
                             cx.takeover_grace.map(|grace| deadline_after(cx.now, grace));
                     }
@@ -716,12 +735,46 @@ impl Session {
                 _ => vec![],
             },
             Input::OwnerGone => {
-                if self.state == State::Standby && matches!(self.phase, Phase::Idle) {
-                    self.owner = None;
-                    self.next_retry = cx.takeover_grace.map(|grace| deadline_after(cx.now, grace));
+                match self.phase {
+                    Phase::Idle if self.state == State::Standby => {
+                        self.owner = None;
+                        self.next_retry =
+                            cx.takeover_grace.map(|grace| deadline_after(cx.now, grace));
+                    }
+                    Phase::Acquiring { .. } => self.owner_gone_while_acquiring = true,
+                    _ => {}
                 }
                 vec![]
             }
+            Input::OwnerChanged { node, epoch } => match &self.owner {
+                Some(o) if o.ours && o.epoch == epoch => vec![],
+                Some(o) if o.ours => {
+                    // Our key was replaced: someone else owns the session.
+                    let effects = self.ownership_lost(Some(node), cx);
+                    if let Some(o) = self.owner.as_mut() {
+                        o.epoch = epoch;
+                    }
+                    effects
+                }
+                _ => {
+                    if matches!(self.phase, Phase::Idle) && self.state == State::Standby {
+                        if self
+                            .last_reason
+                            .as_deref()
+                            .is_some_and(|r| r == "ownership lost")
+                        {
+                            self.last_reason = Some(format!("ownership lost to {node}"));
+                        }
+                        self.owner = Some(Owner {
+                            node,
+                            epoch,
+                            ours: false,
+                        });
+                        self.next_retry = None;
+                    }
+                    vec![]
+                }
+            },
             Input::OwnershipLost { new_owner } => self.ownership_lost(new_owner, cx),
         }
     }
@@ -787,6 +840,7 @@ impl Session {
     /// Leaves `Idle` for `Acquiring` (issue #10): ownership first.
     fn acquire(&mut self) -> Vec<Effect> {
         self.next_retry = None;
+        self.owner_gone_while_acquiring = false;
         self.state = State::Starting;
         self.phase = Phase::Acquiring { cancelled: false };
         vec![Effect::Acquire]

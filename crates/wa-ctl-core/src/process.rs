@@ -27,7 +27,9 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::protocol::{ENV_EVENTS_FD, ENV_PAIR_PHONE, ENV_SESSION_DIR, ENV_SESSION_ID};
+use crate::protocol::{
+    ENV_EVENTS_FD, ENV_FENCING_TOKEN, ENV_PAIR_PHONE, ENV_SESSION_DIR, ENV_SESSION_ID,
+};
 
 /// Environment variables of the supervisor that a worker must not see.
 const SCRUBBED_ENV: &[&str] = &[
@@ -139,6 +141,9 @@ pub struct WorkerSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Set for the pair-code flow: becomes `WA_CTL_PAIR_PHONE`.
     pub pair_phone: Option<&'a str>,
+    /// Set when the session is owned across hosts (issue #10): becomes
+    /// `WA_CTL_FENCING_TOKEN`, the owner key's epoch.
+    pub fencing_token: Option<i64>,
     /// The working directory: the config file's directory, so that relative
     /// paths in the command mean what they mean in the config file.
     pub cwd: &'a Path,
@@ -250,6 +255,7 @@ impl Spawner {
             ENV_SESSION_DIR,
             ENV_EVENTS_FD,
             ENV_PAIR_PHONE,
+            ENV_FENCING_TOKEN,
         ]);
         let base_env = std::env::vars_os()
             .filter(|(k, _)| !remove.iter().any(|r| k == r))
@@ -320,6 +326,12 @@ impl Spawner {
         if let Some(phone) = spec.pair_phone {
             envp.push(
                 pair(ENV_PAIR_PHONE.as_bytes(), phone.as_bytes())
+                    .map_err(prepare("encode the environment"))?,
+            );
+        }
+        if let Some(token) = spec.fencing_token {
+            envp.push(
+                pair(ENV_FENCING_TOKEN.as_bytes(), token.to_string().as_bytes())
                     .map_err(prepare("encode the environment"))?,
             );
         }

@@ -19,6 +19,11 @@ pub const ENV_EVENTS_FD: &str = "WA_CTL_EVENTS_FD";
 /// Environment variable, set only when `wa-ctl login --phone` asked for the
 /// pair-code flow: the phone number, digits only, country code first.
 pub const ENV_PAIR_PHONE: &str = "WA_CTL_PAIR_PHONE";
+/// Environment variable, set only when the session is owned across hosts
+/// (issue #10): the owner key's epoch, a number that grows with every new
+/// owner. A worker that writes to shared state rejects writes stamped with
+/// a lower token than one it has seen (docs/worker-protocol.md).
+pub const ENV_FENCING_TOKEN: &str = "WA_CTL_FENCING_TOKEN";
 
 /// The longest line accepted, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;

@@ -67,6 +67,12 @@ pub struct SessionRecord {
     pub connected_at_ms: Option<u64>,
     pub jid: Option<String>,
     pub pairing: Option<PairingCode>,
+    /// The owner's node across hosts (issue #10), when known.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The owner key's create_revision: the fencing token.
+    #[serde(default)]
+    pub epoch: Option<i64>,
 }
 
 impl StatusRecord {
@@ -122,6 +128,15 @@ pub struct SessionReport {
     /// Kept across supervisors for a held session.
     #[serde(default)]
     pub last_at: Option<String>,
+    /// Extension (issue #10): the node that owns the session across hosts
+    /// (this one, or the one a `standby` session waits for); `null` without
+    /// `[cluster]` or when unknown.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Extension (issue #10): the owner's epoch, the fencing token its
+    /// worker got as `WA_CTL_FENCING_TOKEN`; `null` when unknown.
+    #[serde(default)]
+    pub epoch: Option<i64>,
 }
 
 /// A Unix time in milliseconds as RFC 3339 in UTC, to the second.
@@ -153,6 +168,8 @@ impl SessionReport {
             last_reason: r.last_reason,
             jid: r.jid,
             last_at: r.last_at_ms.map(rfc3339),
+            owner: r.owner,
+            epoch: r.epoch,
         }
     }
 
@@ -179,6 +196,8 @@ impl SessionReport {
             last_reason: hold.last_reason,
             jid: None,
             last_at: hold.at_ms.map(rfc3339),
+            owner: None,
+            epoch: None,
         }
     }
 }
@@ -331,9 +350,12 @@ impl StatusReport {
             ),
             _ => {}
         }
+        // OWNER only with `[cluster]` (issue #10): the node that runs the
+        // session, this one or the one a standby waits for.
         let header = [
             "SESSION",
             "STATE",
+            "OWNER",
             "PID",
             "UPTIME",
             "RESTARTS",
@@ -341,7 +363,7 @@ impl StatusReport {
             "ACTION",
             "NEXT RETRY",
         ];
-        let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+        let mut rows: Vec<[String; 9]> = vec![header.map(str::to_owned)];
         let dash = || "-".to_owned();
         for s in &self.sessions {
             let last = match (&s.last_code, &s.last_meaning) {
@@ -352,6 +374,10 @@ impl StatusReport {
             rows.push([
                 s.id.clone(),
                 s.state.to_string(),
+                // Another node's name is its own text: escaped.
+                s.owner
+                    .as_deref()
+                    .map_or_else(dash, |o| crate::text::escape(o).into_owned()),
                 s.worker_pid.map_or_else(dash, |p| p.to_string()),
                 s.uptime_s.map_or_else(dash, human_seconds),
                 s.restarts.to_string(),
@@ -360,6 +386,15 @@ impl StatusReport {
                 s.next_retry_s.map_or_else(dash, human_seconds),
             ]);
         }
+        let table = if self.sessions.iter().any(|s| s.owner.is_some()) {
+            render_table(&rows)
+        } else {
+            let without_owner: Vec<[String; 8]> = rows
+                .iter()
+                .map(|r| std::array::from_fn(|i| r[if i < 2 { i } else { i + 1 }].clone()))
+                .collect();
+            render_table(&without_owner)
+        };
         let p = &self.processes;
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
@@ -369,7 +404,7 @@ impl StatusReport {
             plural(p.workers, "worker", "workers"),
             plural(p.strays.len(), "stray", "strays"),
         );
-        out.push_str(&render_table(&rows));
+        out.push_str(&table);
         out.push_str(&census_line);
         if !p.strays.is_empty() {
             out.push_str(&format!(
@@ -456,6 +491,8 @@ mod tests {
                 connected_at_ms: None,
                 jid: None,
                 pairing: None,
+                owner: None,
+                epoch: None,
             }],
         }
     }

@@ -30,6 +30,11 @@ impl Notifier {
         self.enabled
     }
 
+    /// The watchdog timeout systemd set (`WatchdogSec=`), if any.
+    pub fn watchdog_timeout(&self) -> Option<Duration> {
+        self.watchdog.filter(|d| !d.is_zero())
+    }
+
     /// How often to send `WATCHDOG=1`: half the configured timeout, as
     /// sd_watchdog_enabled(3) recommends.
     pub fn watchdog_interval(&self) -> Option<Duration> {

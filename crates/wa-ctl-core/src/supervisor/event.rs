@@ -86,6 +86,9 @@ pub(super) enum Event {
     OrphansEnded { sweep: u64, pids: Vec<u32> },
     /// The status file was written (or could not be).
     StatusWritten(std::io::Result<()>),
+    /// The ownership agent's news (issue #10): the lease, the watch, and
+    /// the answers to acquires.
+    Ownership(super::ownership::OwnershipEvent),
 }
 
 /// Why a session could not be prepared.

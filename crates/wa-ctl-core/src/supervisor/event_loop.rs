@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::config::cluster::SAFETY_MARGIN;
 use crate::control::{Request, Response, SessionUpdate};
 use crate::leftovers::Leftover;
 use crate::lifecycle::{Context, Effect, Hold, Input, Phase, State};
@@ -38,6 +39,7 @@ use super::event::{Event, Generation, PrepareFailure, SlotId};
 use super::holds::HoldWriter;
 use super::log_file::LogFile;
 use super::orphans::Sweeper;
+use super::ownership::{Agent, Command, LeaseGeneration, OwnershipEvent};
 use super::signals::{SignalEvent, Signals};
 use super::slot::Slot;
 use super::spawn::{self, PREPARE_BATCH, PrepareRequest};
@@ -109,6 +111,45 @@ fn phase_index(phase: &Phase) -> usize {
     }
 }
 
+/// The longest node name kept from etcd: a host name's limit. Another
+/// node's name is untrusted text; it is escaped wherever it is shown, and
+/// bounded here so that a huge value cannot grow every session's record.
+const MAX_NODE_NAME: usize = 253;
+
+fn node_name(raw: &str) -> String {
+    match raw.char_indices().nth(MAX_NODE_NAME) {
+        Some((end, _)) => format!("{}…", &raw[..end]),
+        None => raw.to_owned(),
+    }
+}
+
+/// The loop's view of its ownership across hosts (issue #10).
+struct Cluster {
+    agent: Agent,
+    node: String,
+    lease: Lease,
+}
+
+/// Whether this supervisor may own sessions right now.
+enum Lease {
+    /// Connecting for the first time: acquires wait in the agent.
+    Connecting,
+    /// A live lease, trusted until `fence_at`: the send time of the last
+    /// acknowledged keepalive, plus the TTL, minus the safety margin and
+    /// `stop_timeout`, so that the last worker is killed before the lease
+    /// can expire.
+    Live {
+        generation: LeaseGeneration,
+        fence_at: Instant,
+    },
+    /// No ownership: the lease is gone (`generation` is `None`), or no
+    /// keepalive came through in time (a late one can still revive it).
+    Fenced {
+        generation: Option<LeaseGeneration>,
+        reason: String,
+    },
+}
+
 /// What the loop tells `wa-ctl start` (or systemd) once every session it
 /// was started with has a worker, or has failed to get one.
 pub(super) trait Readiness {
@@ -172,6 +213,8 @@ pub(super) struct EventLoop {
     log_file: LogFile,
     notifier: Notifier,
     journal: bool,
+    /// Ownership across hosts, with `[cluster]` (issue #10).
+    cluster: Option<Cluster>,
 }
 
 impl EventLoop {
@@ -243,6 +286,7 @@ impl EventLoop {
             log_file: LogFile::detect(config_log_path),
             notifier: Notifier::from_env(),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
+            cluster: None,
         })
     }
 
@@ -260,6 +304,14 @@ impl EventLoop {
             "supervisor started"
         );
         control_server::spawn(listener, self.control_tx.clone());
+        if let Some(config) = self.config.cluster.clone() {
+            info!(node = %Quoted(&config.node), endpoints = ?config.endpoints, prefix = %config.prefix, "sessions are owned across hosts through etcd");
+            self.cluster = Some(Cluster {
+                node: config.node.clone(),
+                agent: Agent::start(config, self.tx.clone()),
+                lease: Lease::Connecting,
+            });
+        }
         self.scanning = true;
         spawn::startup_scan(
             self.config.supervisor.state_dir.join("sessions"),
@@ -319,6 +371,7 @@ impl EventLoop {
                 self.full_scan_at,
                 self.status_file.due().filter(|_| self.ready_sent),
                 watchdog_at,
+                self.fence_at(),
             ]
             .into_iter()
             .flatten()
@@ -365,6 +418,12 @@ impl EventLoop {
         // Holds decided during the shutdown are on disk before the
         // supervisor says it stopped.
         self.holds.finish();
+        if let Some(cluster) = self.cluster.as_mut() {
+            // The workers are gone: revoking the lease releases every
+            // session at once, and a standby takes over without waiting
+            // for the TTL.
+            cluster.agent.shutdown().await;
+        }
         info!("supervisor stopped");
         for waiter in self.shutdown_waiters.drain(..) {
             let _ = waiter.send(Response::ok("stopped"));
@@ -481,6 +540,178 @@ impl EventLoop {
                 self.swept(done);
             }
             Event::StatusWritten(result) => self.status_file.written(result),
+            Event::Ownership(event) => self.ownership_event(event),
+        }
+    }
+
+    /// When this supervisor must stop trusting its lease, if it trusts it.
+    fn fence_at(&self) -> Option<Instant> {
+        match self.cluster.as_ref()?.lease {
+            Lease::Live { fence_at, .. } => Some(fence_at),
+            _ => None,
+        }
+    }
+
+    /// The agent's news (issue #10).
+    fn ownership_event(&mut self, event: OwnershipEvent) {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return;
+        };
+        let current = match &cluster.lease {
+            Lease::Live { generation, .. } => Some(*generation),
+            Lease::Fenced { generation, .. } => *generation,
+            Lease::Connecting => None,
+        };
+        match event {
+            OwnershipEvent::LeaseGranted { generation, ack } => {
+                self.renewed(generation, ack);
+            }
+            OwnershipEvent::Renewed { generation, ack } => {
+                if current == Some(generation) {
+                    self.renewed(generation, ack);
+                }
+            }
+            OwnershipEvent::LeaseLost { generation, reason } => {
+                if current == Some(generation) {
+                    self.fence(true, format!("the lease is gone ({reason})"));
+                }
+            }
+            OwnershipEvent::Unreachable { reason } => debug!("etcd: {reason}"),
+            OwnershipEvent::Acquired {
+                slot,
+                generation,
+                result,
+            } => {
+                let live =
+                    matches!(cluster.lease, Lease::Live { generation: g, .. } if g == generation);
+                let input = match result {
+                    Ok(wa_ctl_cluster::Acquisition::Acquired { epoch }) if live => {
+                        Input::Acquired { epoch }
+                    }
+                    // Taken under a lease that is gone or not renewed in
+                    // time: not an ownership to spawn on.
+                    Ok(wa_ctl_cluster::Acquisition::Acquired { .. }) => Input::AcquireFailed {
+                        reason: "acquired under a lease that is not trusted any more".to_owned(),
+                    },
+                    Ok(wa_ctl_cluster::Acquisition::Owned { by, epoch }) => Input::OwnedElsewhere {
+                        node: node_name(&by),
+                        epoch,
+                    },
+                    Err(reason) => Input::AcquireFailed { reason },
+                };
+                let id = &self.config.sessions[slot].id;
+                match &input {
+                    Input::Acquired { epoch } => info!(session = %id, epoch, "owner: this node"),
+                    Input::OwnedElsewhere { node, epoch } => {
+                        info!(session = %id, owner = %Quoted(node), epoch, "standby: owned by another node")
+                    }
+                    Input::AcquireFailed { reason } => {
+                        warn!(session = %id, "cannot acquire ownership: {reason}")
+                    }
+                    _ => {}
+                }
+                self.apply(slot, input);
+            }
+            OwnershipEvent::Change(change) => match change {
+                wa_ctl_cluster::OwnerChange::Owned {
+                    session_id,
+                    by,
+                    epoch,
+                } => {
+                    if let Some(&slot) = self.ids.get(&session_id) {
+                        let node = node_name(&by);
+                        let was_ours = self.slots[slot]
+                            .session
+                            .owner
+                            .as_ref()
+                            .is_some_and(|o| o.ours && o.epoch != epoch);
+                        if was_ours {
+                            warn!(session = %session_id, owner = %Quoted(&node), epoch, "ownership lost: another node owns the session now");
+                        }
+                        self.apply(slot, Input::OwnerChanged { node, epoch });
+                    }
+                }
+                wa_ctl_cluster::OwnerChange::Released { session_id } => {
+                    if let Some(&slot) = self.ids.get(&session_id) {
+                        self.apply(slot, Input::OwnerGone);
+                    }
+                }
+            },
+            OwnershipEvent::Rewatched => self.retry_standbys(true),
+        }
+    }
+
+    /// A keepalive (or the grant) was acknowledged: the lease is trusted
+    /// until its new deadline.
+    fn renewed(&mut self, generation: LeaseGeneration, ack: wa_ctl_cluster::KeepaliveAck) {
+        let lease_ttl = self
+            .config
+            .cluster
+            .as_ref()
+            .map_or(ack.ttl, |c| c.lease_ttl);
+        let margin = SAFETY_MARGIN + self.config.supervisor.stop_timeout;
+        let fence_at =
+            wa_ctl_cluster::ownership_deadline(ack.sent_at, ack.ttl.min(lease_ttl), margin);
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let was_live = matches!(cluster.lease, Lease::Live { .. });
+        match fence_at {
+            Some(fence_at) if fence_at > Instant::now() => {
+                cluster.lease = Lease::Live {
+                    generation,
+                    fence_at,
+                };
+                if !was_live {
+                    info!("lease live: sessions may be owned by this node");
+                    self.retry_standbys(false);
+                }
+            }
+            _ => self.fence(
+                false,
+                "a keepalive was acknowledged too late to trust".to_owned(),
+            ),
+        }
+    }
+
+    /// This node owns nothing from now on: every session it owned or was
+    /// acquiring ends its worker (SIGTERM, then SIGKILL after
+    /// `stop_timeout`, which still comes before the lease can expire) and
+    /// stands by. A lease that is only late (`lease_gone` false) can be
+    /// trusted again by a later acknowledged keepalive; a lease etcd says is
+    /// gone cannot.
+    fn fence(&mut self, lease_gone: bool, reason: String) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        warn!("ownership suspended: {reason}; every owned worker is stopped");
+        let generation = match &cluster.lease {
+            Lease::Live { generation, .. } if !lease_gone => Some(*generation),
+            Lease::Fenced { generation, .. } if !lease_gone => *generation,
+            _ => None,
+        };
+        cluster.lease = Lease::Fenced { generation, reason };
+        for idx in 0..self.slots.len() {
+            let session = &self.slots[idx].session;
+            if session.owner.as_ref().is_some_and(|o| o.ours)
+                || matches!(session.phase, Phase::Acquiring { .. })
+            {
+                self.apply(idx, Input::OwnershipLost { new_owner: None });
+            }
+        }
+    }
+
+    /// Standbys try again after their grace: the lease is back, or the
+    /// watch had a gap (`all`), so a release may have been missed.
+    fn retry_standbys(&mut self, all: bool) {
+        for idx in 0..self.slots.len() {
+            let session = &self.slots[idx].session;
+            if session.state == State::Standby
+                && matches!(session.phase, Phase::Idle)
+                && (all || session.owner.as_ref().is_none_or(|o| o.ours))
+            {
+                self.apply(idx, Input::OwnerGone);
+            }
         }
     }
 
@@ -683,6 +914,13 @@ impl EventLoop {
         self.reap_candidates();
         if self.full_scan_at.is_some_and(|t| t <= now) {
             self.full_scan();
+        }
+        if self.fence_at().is_some_and(|t| t <= now) {
+            self.fence(
+                false,
+                "no keepalive was acknowledged in time (etcd unreachable, or this process was stopped)"
+                    .to_owned(),
+            );
         }
         for idx in self.deadlines.pop_due(now, TIMER_BATCH) {
             self.apply(idx, Input::Tick);
@@ -890,9 +1128,7 @@ impl EventLoop {
                 stop_timeout: self.config.supervisor.stop_timeout,
                 now: Instant::now(),
                 wall: SystemTime::now(),
-                // Ownership across hosts is not wired into the loop yet
-                // (issue #10): `[cluster]` is refused before it starts.
-                takeover_grace: None,
+                takeover_grace: self.config.cluster.as_ref().map(|c| c.takeover_grace),
             };
             let effects = self.slots[idx].session.handle(input, cx);
             for effect in effects {
@@ -902,12 +1138,28 @@ impl EventLoop {
             }
         }
         let slot = &mut self.slots[idx];
-        if slot.starting_up && !matches!(slot.session.phase, Phase::Preparing { .. }) {
+        if slot.starting_up
+            && !matches!(
+                slot.session.phase,
+                Phase::Preparing { .. } | Phase::Acquiring { .. }
+            )
+        {
             slot.starting_up = false;
             self.starting_up -= 1;
         }
         let session = &self.slots[idx].session;
         let after = (session.state, phase_index(&session.phase));
+        if before.0 != after.0
+            && let Some(cluster) = &self.cluster
+            && session.owner.as_ref().is_some_and(|o| o.ours)
+        {
+            // What `status --cluster` shows, from any node.
+            cluster.agent.send(Command::Publish {
+                slot: idx,
+                id: self.config.sessions[idx].id.to_string(),
+                state: after.0.as_str(),
+            });
+        }
         if before != after {
             self.by_state[before.0.index()] -= 1;
             self.by_state[after.0.index()] += 1;
@@ -977,9 +1229,35 @@ impl EventLoop {
                 self.tx.clone(),
             ),
             Effect::ReleaseLock => slot.lock = None,
-            Effect::Acquire | Effect::Release => {
-                // Unreachable while `takeover_grace` is `None` above.
-                error!(session = %id, ?effect, "ownership across hosts is not wired into the loop yet");
+            Effect::Acquire => match &self.cluster {
+                Some(Cluster {
+                    lease: Lease::Fenced { reason, .. },
+                    ..
+                }) => {
+                    return Some(Input::AcquireFailed {
+                        reason: format!("no ownership: {reason}"),
+                    });
+                }
+                Some(cluster) => cluster.agent.send(Command::Acquire {
+                    slot: idx,
+                    id: id.to_string(),
+                }),
+                None => {
+                    return Some(Input::AcquireFailed {
+                        reason: "no [cluster] table".to_owned(),
+                    });
+                }
+            },
+            Effect::Release => {
+                // At shutdown one revoke releases every session at once.
+                if let Some(cluster) = &self.cluster
+                    && !self.shutting_down
+                {
+                    cluster.agent.send(Command::Release {
+                        slot: idx,
+                        id: id.to_string(),
+                    });
+                }
             }
             Effect::Hold => {
                 let s = &slot.session;
@@ -1068,6 +1346,12 @@ impl EventLoop {
             session_dir: self.config.session_dir(&session.id),
             env: Arc::clone(env),
             pair_phone: slot.pair_phone.clone(),
+            fencing_token: slot
+                .session
+                .owner
+                .as_ref()
+                .filter(|o| o.ours)
+                .map(|o| o.epoch),
             cwd: base_dir.unwrap_or(Path::new("/")).to_path_buf(),
         };
         if self.scan_waits_for_spawns {
@@ -1171,6 +1455,14 @@ impl EventLoop {
                 connected_at_ms: running.and_then(|w| w.connected_at).map(wall),
                 jid: session.jid.clone(),
                 pairing: session.pairing_code.clone(),
+                owner: session
+                    .owner
+                    .as_ref()
+                    .map(|o| match (&self.cluster, o.ours) {
+                        (Some(cluster), true) => cluster.node.clone(),
+                        _ => o.node.clone(),
+                    }),
+                epoch: session.owner.as_ref().map(|o| o.epoch).filter(|&e| e > 0),
             }
         };
         let sessions = match only {

@@ -13,6 +13,7 @@
 //! - `spawner`: the thread that starts workers, so the loop never waits for one;
 //! - `watcher`: the per-worker task reading its events pipe;
 //! - `orphans`: ending what workers detached from their groups;
+//! - `ownership`: the agent that talks to etcd for the loop (issue #10);
 //! - `control_server`: the control socket's connections;
 //! - `status_file`: the coalesced copy of the record in `runtime_dir`;
 //! - `timers`: the sessions' deadlines, ordered.
@@ -23,6 +24,7 @@ mod event_loop;
 mod holds;
 mod log_file;
 mod orphans;
+mod ownership;
 mod signals;
 mod slot;
 mod spawn;
@@ -36,6 +38,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::control::SOCKET_FILE;
@@ -100,10 +103,11 @@ pub enum SupervisorError {
     )]
     LockSlotClash(String, String),
     #[error(
-        "the [cluster] table is read and checked, but this build does not run sessions under \
-         etcd ownership yet (issue #10 is in progress): remove [cluster] to run on this host alone"
+        "the systemd watchdog (WatchdogSec={watchdog:?}) must be shorter than [cluster] lease_ttl \
+         minus [supervisor] stop_timeout ({limit:?}): a frozen supervisor must be killed before a \
+         standby can take its sessions over; lower WatchdogSec= or raise lease_ttl"
     )]
-    ClusterNotYet,
+    WatchdogTooLong { watchdog: Duration, limit: Duration },
     #[error("cannot read the descriptor limit")]
     Rlimit(#[source] std::io::Error),
     #[error("cannot set up spawning")]
@@ -148,12 +152,9 @@ impl Readiness for Ready {
 /// Runs a supervisor for `config` in this process until it is told to stop.
 pub fn run(config: Config, options: Options) -> Result<Outcome, SupervisorError> {
     let mut ready = Ready(options.ready.map(File::from));
-    // Never run a configuration that asks for cross-host ownership as if it
-    // were alone: a second host would run the same sessions (the 440 loop).
-    let result = if config.cluster.is_some() {
-        Err(SupervisorError::ClusterNotYet)
-    } else {
-        run_inner(config, options.only, &mut ready)
+    let result = match watchdog_fits(&config) {
+        Ok(()) => run_inner(config, options.only, &mut ready),
+        Err(e) => Err(e),
     };
     match &result {
         Ok(Outcome::AlreadyRunning(pid)) => ready.send(&format!(
@@ -164,6 +165,25 @@ pub fn run(config: Config, options: Options) -> Result<Outcome, SupervisorError>
         Err(e) => ready.send(&format!("error {}", crate::error_chain(e))),
     }
     result
+}
+
+/// Under systemd with `[cluster]`, the watchdog must fence a frozen
+/// supervisor (kill it, and its workers with its cgroup) before its lease can
+/// expire and a standby take over: `WatchdogSec < lease_ttl - stop_timeout`.
+fn watchdog_fits(config: &Config) -> Result<(), SupervisorError> {
+    let (Some(cluster), Some(watchdog)) = (
+        &config.cluster,
+        crate::systemd::Notifier::from_env().watchdog_timeout(),
+    ) else {
+        return Ok(());
+    };
+    let limit = cluster
+        .lease_ttl
+        .saturating_sub(config.supervisor.stop_timeout);
+    if watchdog >= limit {
+        return Err(SupervisorError::WatchdogTooLong { watchdog, limit });
+    }
+    Ok(())
 }
 
 /// Raises the soft descriptor limit to the hard one, or fails if even the

@@ -33,6 +33,8 @@ pub(super) struct SpawnRequest {
     pub(super) session_dir: PathBuf,
     pub(super) env: Arc<BTreeMap<String, String>>,
     pub(super) pair_phone: Option<String>,
+    /// The owner key's epoch (issue #10): `WA_CTL_FENCING_TOKEN`.
+    pub(super) fencing_token: Option<i64>,
     pub(super) cwd: PathBuf,
 }
 
@@ -70,6 +72,7 @@ impl SpawnerThread {
                         session_dir: &request.session_dir,
                         env: &request.env,
                         pair_phone: request.pair_phone.as_deref(),
+                        fencing_token: request.fencing_token,
                         cwd: &request.cwd,
                     };
                     let worker = spawner.spawn(&spec).map_err(|e| crate::error_chain(&e));

@@ -1,6 +1,6 @@
-//! `[cluster]` (issue #10, first slice): read, checked, shown by `check`,
-//! and refused by `start` until ownership across hosts is wired in, so that
-//! a configuration that asks for it never runs as if it were alone.
+//! `[cluster]` (issue #10): read, checked and shown by `check`; without a
+//! reachable etcd nothing runs; `status --cluster` reads etcd directly.
+//! The failover cases with two supervisors are in `cluster_failover`.
 
 use crate::harness::{TestEnv, closed_port, stderr};
 
@@ -27,17 +27,27 @@ fn a_timeline_that_cannot_hold_is_a_configuration_error() {
     );
 }
 
+/// etcd unreachable means no ownership: the supervisor starts, but every
+/// session stands by, with a reason that names the problem, and no worker
+/// runs (safety over availability).
 #[test]
-fn start_refuses_until_ownership_is_wired() {
-    let env = TestEnv::new("[cluster]\nnode = \"host-a\"\nlease_ttl = \"30s\"\n");
-    let out = env.wa_ctl(&["start"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("issue #10 is in progress"),
-        "{}",
-        stderr(&out)
+fn without_etcd_nothing_runs_and_every_session_stands_by() {
+    let port = closed_port();
+    let env = TestEnv::with_worker(
+        &["connect"],
+        &format!(
+            "[cluster]\nendpoints = [\"http://127.0.0.1:{port}\"]\nnode = \"host-a\"\nlease_ttl = \"30s\"\n"
+        ),
     );
-    assert!(env.supervisors().is_empty());
+    env.ok(&["start"]);
+    let session = env.wait_state("default", "standby");
+    let reason = session["last_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("etcd is unreachable"), "{session}");
+    assert_eq!(session["worker_pid"], serde_json::Value::Null);
+    assert_eq!(session["owner"], serde_json::Value::Null);
+    assert!(env.spawns().is_empty(), "no worker without ownership");
+    assert!(env.worker_processes().is_empty());
+    env.ok(&["stop"]);
 }
 
 #[path = "../../../wa-ctl-cluster/tests/support/mod.rs"]
