@@ -2027,4 +2027,98 @@ mod tests {
         assert_eq!(h.feed(Input::Acquired { epoch: 2 }), vec![Effect::Release]);
         assert_eq!(h.spawns, 0);
     }
+    #[test]
+    fn the_watch_seeing_another_owner_ends_ours_and_names_it() {
+        let mut h = clustered();
+        h.feed(Input::Start);
+        h.feed(Input::Acquired { epoch: 5 });
+        // Our own key, seen by the watch: nothing happens.
+        assert_eq!(
+            h.feed(Input::OwnerChanged {
+                node: "host-a".into(),
+                epoch: 5
+            }),
+            vec![]
+        );
+        // A newer key: someone else owns the session now.
+        assert_eq!(
+            h.feed(Input::OwnerChanged {
+                node: "host-b".into(),
+                epoch: 9
+            }),
+            vec![Effect::Terminate]
+        );
+        h.exit_with(None, ExitKind::Signal(15));
+        assert_eq!(h.session.state, State::Standby);
+        assert_eq!(
+            h.session
+                .owner
+                .as_ref()
+                .map(|o| (o.node.as_str(), o.epoch, o.ours)),
+            Some(("host-b", 9, false))
+        );
+        assert_eq!(
+            h.session.last_reason.as_deref(),
+            Some("ownership lost to host-b")
+        );
+    }
+
+    #[test]
+    fn a_fenced_session_learns_its_new_owner_from_the_watch() {
+        let mut h = clustered();
+        h.feed(Input::Start);
+        h.feed(Input::Acquired { epoch: 5 });
+        h.feed(Input::OwnershipLost { new_owner: None });
+        h.exit_with(None, ExitKind::Signal(15));
+        assert_eq!(h.session.last_reason.as_deref(), Some("ownership lost"));
+        h.feed(Input::OwnerChanged {
+            node: "host-b".into(),
+            epoch: 11,
+        });
+        assert_eq!(
+            h.session.last_reason.as_deref(),
+            Some("ownership lost to host-b")
+        );
+        assert_eq!(h.session.owner.as_ref().map(|o| o.epoch), Some(11));
+        assert_eq!(
+            h.advance(Duration::from_secs(3600)),
+            vec![],
+            "waits for the key"
+        );
+    }
+
+    #[test]
+    fn a_release_seen_during_the_acquire_is_not_lost() {
+        let mut h = clustered();
+        h.feed(Input::Start);
+        // The owner's key goes while our acquire is in flight, and the
+        // answer says "owned": it predates the release.
+        h.feed(Input::OwnerGone);
+        h.feed(Input::OwnedElsewhere {
+            node: "host-a".into(),
+            epoch: 3,
+        });
+        assert_eq!(h.session.state, State::Standby);
+        assert_eq!(h.advance(Duration::from_secs(2)), vec![Effect::Acquire]);
+    }
+
+    #[test]
+    fn a_lost_ownership_during_the_acquire_stands_by_whatever_the_answer() {
+        for answer in [
+            Input::AcquireFailed {
+                reason: "acquired under a lease that is not trusted any more".into(),
+            },
+            Input::OwnedElsewhere {
+                node: "host-b".into(),
+                epoch: 4,
+            },
+        ] {
+            let mut h = clustered();
+            h.feed(Input::Start);
+            h.feed(Input::OwnershipLost { new_owner: None });
+            assert_eq!(h.feed(answer), vec![]);
+            assert_eq!(h.session.state, State::Standby, "not stopped: nobody asked");
+            assert_eq!(h.spawns, 0);
+        }
+    }
 }
