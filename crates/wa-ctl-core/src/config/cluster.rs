@@ -68,6 +68,19 @@ impl ClusterConfig {
     }
 }
 
+/// The `stop_timeout` an unset `[supervisor] stop_timeout` gets with
+/// `[cluster]`: `default`, or less if the lease needs it, namely the
+/// largest multiple of 500 ms under `2/3 lease_ttl - SAFETY_MARGIN` (6 s
+/// for a 10 s lease, 1 s for 3 s, 500 ms for 2 s), so that the example
+/// table works without touching `[supervisor]`.
+pub fn fitting_stop_timeout(lease_ttl: Duration, default: Duration) -> Duration {
+    const STEP_MS: u128 = 500;
+    let limit = (lease_ttl.saturating_mul(2) / 3).saturating_sub(SAFETY_MARGIN);
+    let below = limit.as_millis().saturating_sub(1) / STEP_MS * STEP_MS;
+    let fitted = Duration::from_millis(u64::try_from(below).unwrap_or(u64::MAX));
+    default.min(fitted.max(Duration::from_millis(STEP_MS as u64)))
+}
+
 /// See the module doc.
 pub fn timeline(
     lease_ttl: Duration,
@@ -186,6 +199,18 @@ mod tests {
         assert_eq!(t.sigterm_after, Duration::from_millis(19_500));
         assert_eq!(t.lease_expires_after, S(30));
         assert_eq!(t.takeover_after, S(32));
+    }
+
+    #[test]
+    fn an_unset_stop_timeout_fits_the_lease() {
+        let fit = |ttl| fitting_stop_timeout(S(ttl), S(10));
+        assert_eq!(fit(10), S(6));
+        assert_eq!(fit(3), S(1));
+        assert_eq!(fit(2), Duration::from_millis(500));
+        assert_eq!(fit(60), S(10), "the default when it fits");
+        for ttl in 2..=300 {
+            assert!(timeline(S(ttl), S(2), fit(ttl)).is_ok(), "lease_ttl {ttl}s");
+        }
     }
 
     #[test]

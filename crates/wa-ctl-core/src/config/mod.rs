@@ -177,11 +177,18 @@ impl Config {
         let place = |(span, key, message): error::SpannedError| {
             error::invalid_at(&display_path, text, span, key, message)
         };
-        let stop_timeout =
+        let explicit_stop = raw.supervisor.stop_timeout.is_some();
+        let mut stop_timeout =
             validate::stop_timeout(raw.supervisor.stop_timeout.as_ref()).map_err(place)?;
         let policy = validate::policy(raw.policy).map_err(place)?;
         let sessions = validate::sessions(raw.worker, raw.session).map_err(place)?;
-        let cluster = validate::cluster(raw.cluster, stop_timeout).map_err(place)?;
+        // With `[cluster]`, an unset stop_timeout is what fits the lease.
+        let cluster = validate::cluster(raw.cluster, explicit_stop.then_some(stop_timeout))
+            .map_err(place)?
+            .map(|(cluster, fitted)| {
+                stop_timeout = fitted;
+                cluster
+            });
 
         Ok(Config {
             digest: crate::fsutil::fnv1a(text.as_bytes()),

@@ -186,8 +186,11 @@ pub(super) fn sessions(
 pub(super) fn stop_timeout(
     raw: Option<&toml::Spanned<HumanDuration>>,
 ) -> Result<Duration, SpannedError> {
-    duration(raw, &limits::STOP_TIMEOUT, Duration::from_secs(10))
+    duration(raw, &limits::STOP_TIMEOUT, DEFAULT_STOP_TIMEOUT)
 }
+
+/// `[supervisor] stop_timeout` when unset (and no `[cluster]` asks for less).
+pub(super) const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn check_command(command: &[String]) -> Result<(), String> {
     match command.first() {
@@ -222,10 +225,13 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
 /// The effective `[cluster]`, if the file has one: defaults applied, every
 /// value checked, and the timeline's relation to `stop_timeout` (see
 /// `config::cluster`).
+/// `[cluster]`, and the `stop_timeout` to use with it: an unset
+/// `stop_timeout` (`None`) defaults to what fits the lease
+/// ([`cluster::fitting_stop_timeout`]); a set one must fit.
 pub(super) fn cluster(
     raw: Option<toml::Spanned<RawCluster>>,
-    stop_timeout: Duration,
-) -> Result<Option<ClusterConfig>, SpannedError> {
+    stop_timeout: Option<Duration>,
+) -> Result<Option<(ClusterConfig, Duration)>, SpannedError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
@@ -306,11 +312,13 @@ pub(super) fn cluster(
         lease_ttl,
         takeover_grace,
     };
+    let stop_timeout = stop_timeout
+        .unwrap_or_else(|| cluster::fitting_stop_timeout(lease_ttl, DEFAULT_STOP_TIMEOUT));
     config.timeline(stop_timeout).map_err(|m| {
         let span = raw.lease_ttl.as_ref().map_or(table_span, |d| d.span());
         (span, "cluster.lease_ttl", m)
     })?;
-    Ok(Some(config))
+    Ok(Some((config, stop_timeout)))
 }
 
 #[cfg(test)]
