@@ -135,7 +135,15 @@ pub fn run(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
     let ready = unsafe { process::take_ready_fd() };
     // The lock decides, not a probe: a probe could be stale by the time we
     // act on it. A failure is reported on `ready` with every cause.
-    match supervisor::run(config.clone(), supervisor::Options { only, ready })? {
+    let outcome = match supervisor::run(config.clone(), supervisor::Options { only, ready }) {
+        // A relation between the unit's WatchdogSec= and [cluster]: a
+        // configuration error (exit 2), which Restart= must not retry.
+        Err(e @ supervisor::SupervisorError::WatchdogTooLong { .. }) => {
+            return Err(crate::exit::UsageError(e.to_string()).into());
+        }
+        other => other?,
+    };
+    match outcome {
         supervisor::Outcome::Stopped => Ok(exit::SUCCESS),
         supervisor::Outcome::AlreadyRunning(pid) => already_running(config, pid, id),
     }

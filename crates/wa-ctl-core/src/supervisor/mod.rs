@@ -103,9 +103,10 @@ pub enum SupervisorError {
     )]
     LockSlotClash(String, String),
     #[error(
-        "the systemd watchdog (WatchdogSec={watchdog:?}) must be shorter than [cluster] lease_ttl \
-         minus [supervisor] stop_timeout ({limit:?}): a frozen supervisor must be killed before a \
-         standby can take its sessions over; lower WatchdogSec= or raise lease_ttl"
+        "the systemd watchdog (WatchdogSec={watchdog:?}) must be shorter than {limit:?}, the \
+         smaller of [cluster] lease_ttl minus [supervisor] stop_timeout and 2/3 of lease_ttl \
+         minus 0.5s: a frozen supervisor must be killed before a standby can take its sessions \
+         over; lower WatchdogSec= or raise lease_ttl"
     )]
     WatchdogTooLong { watchdog: Duration, limit: Duration },
     #[error("cannot read the descriptor limit")]
@@ -167,9 +168,13 @@ pub fn run(config: Config, options: Options) -> Result<Outcome, SupervisorError>
     result
 }
 
-/// Under systemd with `[cluster]`, the watchdog must fence a frozen
-/// supervisor (kill it, and its workers with its cgroup) before its lease can
-/// expire and a standby take over: `WatchdogSec < lease_ttl - stop_timeout`.
+/// Under systemd with `[cluster]`, the watchdog fences a frozen supervisor:
+/// systemd kills the unit's whole cgroup (workers included) `WatchdogSec`
+/// after the last keep-alive, and that must come before a standby can take
+/// over. A frozen supervisor's lease can expire as early as two thirds of
+/// `lease_ttl` after it froze (its last keepalive went up to `lease_ttl/3`
+/// before), so `WatchdogSec` must be under both `lease_ttl - stop_timeout`
+/// (the issue's rule) and `2/3 lease_ttl - SAFETY_MARGIN`.
 fn watchdog_fits(config: &Config) -> Result<(), SupervisorError> {
     let (Some(cluster), Some(watchdog)) = (
         &config.cluster,
@@ -177,13 +182,19 @@ fn watchdog_fits(config: &Config) -> Result<(), SupervisorError> {
     ) else {
         return Ok(());
     };
-    let limit = cluster
-        .lease_ttl
-        .saturating_sub(config.supervisor.stop_timeout);
+    let limit = watchdog_limit(cluster.lease_ttl, config.supervisor.stop_timeout);
     if watchdog >= limit {
         return Err(SupervisorError::WatchdogTooLong { watchdog, limit });
     }
     Ok(())
+}
+
+/// The longest `WatchdogSec` that fences a frozen supervisor in time.
+fn watchdog_limit(lease_ttl: Duration, stop_timeout: Duration) -> Duration {
+    let by_stop = lease_ttl.saturating_sub(stop_timeout);
+    let by_keepalive =
+        (lease_ttl.saturating_mul(2) / 3).saturating_sub(crate::config::cluster::SAFETY_MARGIN);
+    by_stop.min(by_keepalive)
 }
 
 /// Raises the soft descriptor limit to the hard one, or fails if even the

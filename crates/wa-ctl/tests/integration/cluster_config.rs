@@ -2,7 +2,7 @@
 //! reachable etcd nothing runs; `status --cluster` reads etcd directly.
 //! The failover cases with two supervisors are in `cluster_failover`.
 
-use crate::harness::{TestEnv, closed_port, stderr};
+use crate::harness::{TestEnv, closed_port, command, run_with_deadline, stderr, wa_ctl_bin};
 
 #[test]
 fn check_shows_the_failover_timeline() {
@@ -48,6 +48,38 @@ fn without_etcd_nothing_runs_and_every_session_stands_by() {
     assert!(env.spawns().is_empty(), "no worker without ownership");
     assert!(env.worker_processes().is_empty());
     env.ok(&["stop"]);
+}
+
+/// Under systemd the watchdog fences a frozen supervisor; a WatchdogSec=
+/// too long for the lease is refused before anything runs (exit 2, with
+/// the limit), whatever starts the supervisor.
+#[test]
+fn a_watchdog_too_long_for_the_lease_is_refused() {
+    let env = TestEnv::with_worker(
+        &["connect"],
+        &format!(
+            "[cluster]\nendpoints = [\"http://127.0.0.1:{}\"]\nnode = \"host-a\"\nlease_ttl = \"10s\"\n",
+            closed_port()
+        ),
+    );
+    let run = |watchdog_usec: &str| {
+        let mut cmd = command(&wa_ctl_bin());
+        cmd.arg("--config")
+            .arg(env.path().join("wa-ctl.toml"))
+            .args(["start", "--foreground"])
+            .env("WATCHDOG_USEC", watchdog_usec)
+            .env_remove("WATCHDOG_PID")
+            .env_remove("NOTIFY_SOCKET");
+        run_with_deadline(cmd, std::time::Duration::from_secs(30))
+    };
+    // stop_timeout is 2s here: the limit is min(10s - 2s, 2/3 * 10s - 0.5s).
+    let out = run("30000000");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("WatchdogSec=30s"), "{err}");
+    assert!(err.contains("shorter than 6.166"), "{err}");
+    assert!(env.spawns().is_empty());
+    assert!(env.supervisors().is_empty());
 }
 
 #[path = "../../../wa-ctl-cluster/tests/support/mod.rs"]
