@@ -72,7 +72,14 @@ impl Slot {
     /// Answers the waiting control requests once the session is not
     /// stopping, and sends the `login` streams the state when it changed.
     pub(super) fn answer(&mut self, id: &str) {
-        if !self.waiters.is_empty() && self.session.state != State::Stopping {
+        // Not while ownership is being asked for (issue #10): the answer
+        // is `starting` or `standby` once etcd has said which.
+        let settled = self.session.state != State::Stopping
+            && !matches!(
+                self.session.phase,
+                crate::lifecycle::Phase::Acquiring { .. }
+            );
+        if !self.waiters.is_empty() && settled {
             let response = match self.session.state {
                 State::Locked => Response::error(format!(
                     "session {id} is locked: another supervisor runs its worker"
