@@ -689,7 +689,17 @@ impl Session {
             Input::OwnedElsewhere { node, epoch } => match self.phase {
                 Phase::Acquiring { cancelled } => {
                     self.phase = Phase::Idle;
-                    self.last_reason = Some(format!("owned by {node} (epoch {epoch})"));
+                    // A session that lost its ownership keeps saying so,
+                    // now with the name of the node that has it.
+                    let lost = self
+                        .last_reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("ownership lost"));
+                    self.last_reason = Some(if lost {
+                        format!("ownership lost to {node} (epoch {epoch})")
+                    } else {
+                        format!("owned by {node} (epoch {epoch})")
+                    });
                     self.owner = Some(Owner {
                         node,
                         epoch,
