@@ -361,7 +361,10 @@ impl EventLoop {
                     self.final_sweep_requested = true;
                     self.sweeper.request_everything();
                     self.sweep_if_due();
-                } else if !self.sweeper.busy() {
+                }
+                // A cheap sweep is done at once: exit now, not at the next
+                // event (a timer up to a second, or a keepalive, away).
+                if !self.sweeper.busy() {
                     break;
                 }
             }
