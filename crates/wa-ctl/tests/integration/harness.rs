@@ -335,7 +335,9 @@ impl TestEnv {
         let text = std::fs::read_to_string(self.spawn_log()).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v.get("pid").is_some())
+            // Start records are the ones with a spawn number: end records
+            // carry a pid too.
+            .filter(|v| v.get("spawn").is_some())
             .map(|v| {
                 (
                     v["pid"].as_u64().unwrap() as u32,
