@@ -162,7 +162,6 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
-/// Whether a process exists and is not a zombie.
 /// A loopback port nothing listens on: bound, then released.
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -172,6 +171,7 @@ pub fn closed_port() -> u16 {
         .port()
 }
 
+/// Whether a process exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
@@ -184,7 +184,8 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-fn proc_pids() -> Vec<u32> {
+/// Every process id in /proc now.
+pub fn proc_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
