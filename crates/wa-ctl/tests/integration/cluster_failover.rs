@@ -857,7 +857,9 @@ fn etcd_leader_loss_changes_nothing() {
         for node in [&a, &b] {
             let sessions = node.sessions();
             for (id, owned) in &before {
-                let s = &sessions[id];
+                let Some(s) = sessions.get(id) else {
+                    return Some(format!("{}: no session {id} in the status", node.name));
+                };
                 if s["owner"] != owned.node.as_str() || s["epoch"].as_i64() != owned.epoch {
                     return Some(format!("{}: {id} is now {s}", node.name));
                 }
