@@ -1068,6 +1068,73 @@ fn odd_names_cannot_escape_the_prefix() {
     world.assert_no_overlap(&[&a, &b], &BTreeMap::new(), |_, _| false);
 }
 
+/// The control: without `[cluster]`, two hosts with one session list run
+/// every session twice, the newer connection knocks the older off with
+/// 440 (the loop the issue exists to end), and the checker sees each
+/// overlap. So the overlap property above is not vacuous, and the log,
+/// the node mapping and the conflict simulation work with the real
+/// supervisor.
+#[test]
+fn without_cluster_two_hosts_overlap_and_the_checker_sees_it() {
+    let Some(world) = World::new(1, "control") else {
+        return;
+    };
+    let a = world.node("host-a", &SESSIONS);
+    let b = world.node("host-b", &SESSIONS);
+    for node in [&a, &b] {
+        let text = std::fs::read_to_string(&node.env.config).unwrap();
+        let (cluster, sessions) = (
+            text.find("[cluster]").unwrap(),
+            text.find("[[session]]").unwrap(),
+        );
+        std::fs::write(
+            &node.env.config,
+            format!("{}{}", &text[..cluster], &text[sessions..]),
+        )
+        .unwrap();
+    }
+    a.start();
+    wait_until("host-a to run every session", DEADLINE, || {
+        let sessions = a.sessions();
+        SESSIONS
+            .iter()
+            .all(|id| sessions.get(*id).is_some_and(|s| s["state"] == "connected"))
+            .then_some(())
+    });
+    b.start();
+    // Each of host-b's workers replaces a claim of host-a's, whose worker
+    // reports 440 and ends; host-a's policy for 440 is to stop.
+    wait_until("host-a's sessions to be stopped by 440", DEADLINE, || {
+        let sessions = a.sessions();
+        SESSIONS
+            .iter()
+            .all(|id| {
+                sessions
+                    .get(*id)
+                    .is_some_and(|s| s["state"] == "stopped" && s["last_code"] == 440)
+            })
+            .then_some(())
+    });
+    b.stop();
+    a.stop();
+    let lives = world.lives(&[&a, &b], &BTreeMap::new());
+    let found = overlaps(&lives, |_, _| false);
+    assert_eq!(found.len(), SESSIONS.len(), "{}", show(&lives));
+    for (older, newer) in found {
+        assert_eq!(
+            (older.node.as_str(), newer.node.as_str()),
+            ("host-a", "host-b")
+        );
+        assert_eq!(older.why.as_deref(), Some("conflict"));
+        assert_eq!(newer.why.as_deref(), Some("term"));
+        assert_eq!(
+            (older.fencing_token, newer.fencing_token),
+            (None, None),
+            "no cluster, no epoch"
+        );
+    }
+}
+
 // ------------------------------------------- the checker, without processes
 
 mod checker {
