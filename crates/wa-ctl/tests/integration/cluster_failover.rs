@@ -336,6 +336,35 @@ impl World {
         response.kvs().iter().map(|kv| kv.key().to_vec()).collect()
     }
 
+    /// Each session's owner key under the world's prefix, read from etcd
+    /// through `endpoints`: (node, epoch) by session id. `None` when the
+    /// read fails.
+    fn owners_in_etcd(
+        &self,
+        client: &mut etcd_client::Client,
+    ) -> Option<BTreeMap<String, (String, i64)>> {
+        let dir = format!("{}/sessions/", self.prefix);
+        let response = self
+            .rt
+            .block_on(client.get(
+                dir.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            ))
+            .ok()?;
+        Some(
+            response
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    let key = kv.key_str().ok()?;
+                    let id = key.strip_prefix(&dir)?.strip_suffix("/owner")?;
+                    let node = kv.value_str().ok()?;
+                    Some((id.to_owned(), (node.to_owned(), kv.create_revision())))
+                })
+                .collect(),
+        )
+    }
+
     /// The leader's member id as the members that answer see it, if they
     /// agree on one.
     fn leader(&self) -> Option<u64> {
@@ -843,8 +872,29 @@ fn etcd_leader_loss_changes_nothing() {
     );
 
     // A timed observation of something that must not happen: any record
-    // in the log (a worker ending or starting), an old worker gone, or
-    // an owner or epoch that differs from before, on either node.
+    // in the log (a worker ending or starting), an old worker gone, the
+    // owner's status no longer showing its worker, owner and epoch, the
+    // standby's status naming another owner or epoch, or etcd itself
+    // (`status --cluster`) naming another owner or epoch.
+    //
+    // The standby's status may show the owner as unknown (null) for a
+    // moment: when its watch breaks with the leader, it checks the owner
+    // again. Not knowing is not a change of owner; it is counted and
+    // printed.
+    let mut standby_unsure = 0;
+    let mut cluster_unreadable = 0;
+    let mut etcd_unreadable = 0;
+    let survivors: Vec<String> = world
+        .etcd
+        .endpoints()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, url)| (i != killed).then_some(url))
+        .collect();
+    let mut survivors = world
+        .rt
+        .block_on(etcd_client::Client::connect(survivors, None))
+        .expect("connect to the members that live");
     let period = (2 * LEASE_TTL).saturating_sub(killed_at.elapsed());
     let changed = observe_for(period, || {
         let records = world.records();
@@ -854,15 +904,62 @@ fn etcd_leader_loss_changes_nothing() {
         if let Some(gone) = before.values().find(|o| !alive(o.worker_pid)) {
             return Some(format!("worker {} is gone", gone.worker_pid));
         }
-        for node in [&a, &b] {
-            let sessions = node.sessions();
-            for (id, owned) in &before {
-                let Some(s) = sessions.get(id) else {
-                    return Some(format!("{}: no session {id} in the status", node.name));
-                };
-                if s["owner"] != owned.node.as_str() || s["epoch"].as_i64() != owned.epoch {
-                    return Some(format!("{}: {id} is now {s}", node.name));
+        let (owner_view, standby_view) = (a.sessions(), b.sessions());
+        for (id, owned) in &before {
+            let Some(s) = owner_view.get(id) else {
+                return Some(format!("host-a: no session {id} in the status"));
+            };
+            if s["state"] != "connected"
+                || s["worker_pid"] != owned.worker_pid
+                || s["owner"] != owned.node.as_str()
+                || s["epoch"].as_i64() != owned.epoch
+            {
+                return Some(format!("host-a: {id} is now {s}"));
+            }
+            let Some(s) = standby_view.get(id) else {
+                return Some(format!("host-b: no session {id} in the status"));
+            };
+            if s["owner"].is_null() && s["epoch"].is_null() {
+                standby_unsure += 1;
+            } else if s["owner"] != owned.node.as_str() || s["epoch"].as_i64() != owned.epoch {
+                return Some(format!("host-b: {id} is now {s}"));
+            }
+            if s["state"] != "standby" {
+                return Some(format!("host-b: {id} is now {s}"));
+            }
+        }
+        // etcd's own view, read through the members that live: the owner
+        // keys, with their create_revision, the epoch.
+        match world.owners_in_etcd(&mut survivors) {
+            Some(owners) => {
+                let expected: BTreeMap<String, (String, i64)> = before
+                    .iter()
+                    .map(|(id, o)| (id.clone(), (o.node.clone(), o.epoch.unwrap_or_default())))
+                    .collect();
+                if owners != expected {
+                    return Some(format!("etcd: owners {owners:?}, not {expected:?}"));
                 }
+            }
+            None => etcd_unreadable += 1,
+        }
+        // And wa-ctl's cluster view of it, when it can read it: a failed
+        // read is no change (counted and printed).
+        let out = b.env.wa_ctl(&["status", "--cluster", "--json"]);
+        if !out.status.success() {
+            if cluster_unreadable == 0 {
+                println!(
+                    "leader loss: status --cluster failed: {}",
+                    crate::harness::stderr(&out).trim()
+                );
+            }
+            cluster_unreadable += 1;
+            return None;
+        }
+        let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for s in view["sessions"].as_array().unwrap() {
+            let owned = &before[s["id"].as_str().unwrap()];
+            if s["owner"] != owned.node.as_str() || s["epoch"].as_i64() != owned.epoch {
+                return Some(format!("etcd: {s}"));
             }
         }
         None
@@ -870,6 +967,11 @@ fn etcd_leader_loss_changes_nothing() {
     assert_eq!(
         changed, None,
         "the loss of the etcd leader changed something"
+    );
+    println!(
+        "leader loss: observed {period:?}; host-b showed an owner unknown {standby_unsure} times; \
+         status --cluster failed {cluster_unreadable} times; the test's own etcd read failed \
+         {etcd_unreadable} times"
     );
     assert_eq!(wait_one_owner_each(&[&a, &b], &SESSIONS, DEADLINE), before);
     std::thread::scope(|s| {
