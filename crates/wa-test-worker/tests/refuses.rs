@@ -117,3 +117,156 @@ fn events_fd_that_is_not_open_is_refused() {
     assert!(stderr.contains("is not an open descriptor"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+/// A worker started by hand with its events on stdout, read line by line
+/// on a thread of its own; killed and reaped when dropped.
+struct Running {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(dir: &std::path::Path, log: &std::path::Path, steps: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut cmd = worker();
+        cmd.arg("--log")
+            .arg(log)
+            .args(steps)
+            .env("WA_CTL_SESSION_DIR", dir)
+            .env("WA_CTL_EVENTS_FD", "1")
+            .env("WA_CTL_FENCING_TOKEN", "42")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, events }
+    }
+
+    fn next_event(&self) -> serde_json::Value {
+        let line = self
+            .events
+            .recv_timeout(DEADLINE)
+            .expect("an event within the deadline");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the exit; at the deadline, kills and fails.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "wa-test-worker did not exit within {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The records of `log`, parsed.
+fn read_records(log: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The start record carries the session directory and the fencing token;
+/// SIGTERM ends the worker with exit 0 and an end record, written by a
+/// thread, not a signal handler (issue #10, section 4: the tests build
+/// each worker's lifetime from the log).
+#[test]
+fn start_and_end_records() {
+    let dir = session_dir("start_and_end_records");
+    let log = dir.join("log");
+    let mut w = Running::start(&dir, &log, &["connect"]);
+    assert_eq!(w.next_event()["event"], "connected");
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.wait().code(), Some(0));
+    let records = read_records(&log);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["pid"], w.pid());
+    assert_eq!(records[0]["spawn"], 1);
+    assert_eq!(records[0]["session_dir"], dir.display().to_string());
+    assert_eq!(records[0]["fencing_token"], 42);
+    assert!(records[0]["t_us"].is_u64() && records[0]["t_ms"].is_u64());
+    assert_eq!(records[1]["pid"], w.pid());
+    assert_eq!(records[1]["why"], "term");
+    assert!(records[1]["end_us"].as_u64() >= records[0]["t_us"].as_u64());
+
+    // The exit step: one end record that still has the exit_us of the
+    // benchmarks.
+    let mut w = Running::start(&dir, &log, &["exit=3"]);
+    assert_eq!(w.wait().code(), Some(3));
+    let end = read_records(&log).pop().unwrap();
+    assert_eq!(end["pid"], w.pid());
+    assert_eq!(end["why"], "exit");
+    assert_eq!(end["status"], 3);
+    assert_eq!(end["exit_us"], end["end_us"]);
+}
+
+/// `conflict=PATH` is WhatsApp's one live connection per credentials: the
+/// second worker's claim closes the first with one 440, and the first
+/// exits 0 with a `conflict` end record; the second stays connected.
+#[test]
+fn a_newer_claim_closes_the_older_worker_with_440() {
+    let dir = session_dir("a_newer_claim_closes_the_older_worker_with_440");
+    let log = dir.join("log");
+    let claim = dir.join("creds.claim");
+    let conflict = format!("conflict={}", claim.display());
+    let mut older = Running::start(&dir, &log, &[&conflict]);
+    assert_eq!(older.next_event()["event"], "connected");
+    let mut newer = Running::start(&dir, &log, &[&conflict]);
+    assert_eq!(newer.next_event()["event"], "connected");
+
+    let closed = older.next_event();
+    assert_eq!(closed["event"], "closed");
+    assert_eq!(closed["code"], 440);
+    assert_eq!(closed["reason"], "conflict: replaced");
+    assert_eq!(older.wait().code(), Some(0));
+    let ends: Vec<_> = read_records(&log)
+        .into_iter()
+        .filter(|r| r.get("end_us").is_some())
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["pid"], older.pid());
+    assert_eq!(ends[0]["why"], "conflict");
+
+    // The newer worker holds the claim, and ends by SIGTERM as usual.
+    let held = std::fs::read_to_string(&claim).unwrap();
+    assert!(held.starts_with(&format!("{}:", newer.pid())), "{held}");
+    newer.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(newer.wait().code(), Some(0));
+    let last = read_records(&log).pop().unwrap();
+    assert_eq!(last["pid"], newer.pid());
+    assert_eq!(last["why"], "term");
+}

@@ -59,6 +59,15 @@ pub struct Member {
 }
 
 impl Member {
+    /// The member's process id while it runs: tests freeze it with SIGSTOP
+    /// and thaw it with SIGCONT (a SIGKILL on drop ends a frozen one too).
+    // An allow, not an expect: wa-ctl's failover tests use it, and this
+    // crate's own tests, which include the same file, do not.
+    #[allow(dead_code, reason = "used by wa-ctl's failover tests only")]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the member with SIGKILL and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

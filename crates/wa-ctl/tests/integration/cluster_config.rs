@@ -2,6 +2,7 @@
 //! reachable etcd nothing runs; `status --cluster` reads etcd directly.
 //! The failover cases with two supervisors are in `cluster_failover`.
 
+use crate::etcd_support;
 use crate::harness::{TestEnv, closed_port, command, run_with_deadline, stderr, wa_ctl_bin};
 
 #[test]
@@ -81,13 +82,6 @@ fn a_watchdog_too_long_for_the_lease_is_refused() {
     assert!(env.spawns().is_empty());
     assert!(env.supervisors().is_empty());
 }
-
-#[path = "../../../wa-ctl-cluster/tests/support/mod.rs"]
-#[allow(
-    dead_code,
-    reason = "the etcd test support of wa-ctl-cluster; this file uses one member"
-)]
-mod etcd_support;
 
 /// `status --cluster` reads every session under the prefix from a real
 /// etcd: owner node, epoch and published state, with the exact JSON shape of

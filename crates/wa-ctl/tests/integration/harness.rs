@@ -162,7 +162,6 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
-/// Whether a process exists and is not a zombie.
 /// A loopback port nothing listens on: bound, then released.
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -172,6 +171,7 @@ pub fn closed_port() -> u16 {
         .port()
 }
 
+/// Whether a process exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
@@ -184,7 +184,8 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-fn proc_pids() -> Vec<u32> {
+/// Every process id in /proc now.
+pub fn proc_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -335,7 +336,9 @@ impl TestEnv {
         let text = std::fs::read_to_string(self.spawn_log()).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v.get("pid").is_some())
+            // Start records are the ones with a spawn number: end records
+            // carry a pid too.
+            .filter(|v| v.get("spawn").is_some())
             .map(|v| {
                 (
                     v["pid"].as_u64().unwrap() as u32,

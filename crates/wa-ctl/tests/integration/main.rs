@@ -3,9 +3,15 @@
 
 mod harness;
 
+/// Real etcd members on loopback, from wa-ctl-cluster's tests (issue #10):
+/// one module for every test file that needs them.
+#[path = "../../../wa-ctl-cluster/tests/support/mod.rs"]
+mod etcd_support;
+
 mod census;
 mod cli;
 mod cluster_config;
+mod cluster_failover;
 mod guarantees;
 mod off_loop;
 mod policy;
