@@ -326,6 +326,9 @@ pub enum Input {
     OwnerGone,
     /// The watch saw the owner key written: by another node, or by us.
     OwnerChanged { node: String, epoch: i64 },
+    /// A standby asks again after its grace, keeping the owner it knows:
+    /// the watch had a gap, so a release may have been missed.
+    Recheck,
     /// Our ownership is gone (the lease expired, or our own deadline
     /// passed): end the worker and stand by.
     OwnershipLost { new_owner: Option<String> },
@@ -756,6 +759,12 @@ impl Session {
                 }
                 vec![]
             }
+            Input::Recheck => {
+                if matches!(self.phase, Phase::Idle) && self.state == State::Standby {
+                    self.next_retry = cx.takeover_grace.map(|grace| deadline_after(cx.now, grace));
+                }
+                vec![]
+            }
             Input::OwnerChanged { node, epoch } => match &self.owner {
                 Some(o) if o.ours && o.epoch == epoch => vec![],
                 Some(o) if o.ours => {
@@ -851,7 +860,10 @@ impl Session {
     fn acquire(&mut self) -> Vec<Effect> {
         self.next_retry = None;
         self.owner_gone_while_acquiring = false;
-        self.state = State::Starting;
+        // A standby asking again stays `standby` until it owns the session.
+        if self.state != State::Standby {
+            self.state = State::Starting;
+        }
         self.phase = Phase::Acquiring { cancelled: false };
         vec![Effect::Acquire]
     }

@@ -255,7 +255,7 @@ proptest! {
     /// has two workers, never spawns outside `Preparing`, and never signals
     /// a reaped worker.
     #[test]
-    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..23, 1..200), cluster in any::<bool>()) {
+    fn one_worker_whatever_the_order(ops in prop::collection::vec(0u8..24, 1..200), cluster in any::<bool>()) {
         let policy = Policy {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
@@ -310,6 +310,7 @@ proptest! {
                 21 if cluster => Input::OwnerGone,
                 // The watch sees another node's key: ours is gone if we had it.
                 22 if cluster => { owns = false; Input::OwnerChanged { node: "b".into(), epoch: 9 } }
+                23 if cluster => Input::Recheck,
                 12 if spawn_pending => {
                     spawn_pending = false;
                     Input::Spawned { pid: alive.expect("the spawner started it") }

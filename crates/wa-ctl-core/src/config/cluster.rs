@@ -8,17 +8,20 @@
 //! The timeline, from the send time `t` of the last keepalive that etcd
 //! acknowledged:
 //!
-//! - a keepalive is sent every `lease_ttl / 3`;
+//! - a keepalive is sent every third of the time to the fence below, so
+//!   that two keepalives in a row can fail (an etcd leader election, a
+//!   member gone) before anything is stopped;
 //! - at `t + lease_ttl - SAFETY_MARGIN - stop_timeout` the supervisor
 //!   SIGTERMs every worker it owns (it may be cut off from etcd);
 //! - at `t + lease_ttl - SAFETY_MARGIN` the last of them gets SIGKILL;
 //! - at `t + lease_ttl` etcd may expire the lease, and a standby may take
 //!   over after `takeover_grace`.
 //!
-//! So the next keepalive must be due before the stop would begin:
-//! `lease_ttl / 3 < lease_ttl - SAFETY_MARGIN - stop_timeout`. A
-//! configuration that breaks it would stop every session between two
-//! keepalives, and is an error that names both keys.
+//! The time to the fence must be more than a third of the lease:
+//! `lease_ttl / 3 < lease_ttl - SAFETY_MARGIN - stop_timeout`, so that
+//! keepalives go at least every `lease_ttl / 9` and the fence leaves room
+//! for an etcd election. A configuration that breaks it is an error that
+//! names both keys.
 
 use std::time::Duration;
 
@@ -89,13 +92,12 @@ pub fn timeline(
 ) -> Result<Timeline, String> {
     // Whole milliseconds: what a person reads, and what a timer needs.
     let ms = |d: Duration| Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let keepalive_every = ms(lease_ttl / 3);
     let show = |d: Duration| humantime::format_duration(ms(d)).to_string();
     let sigkill_after = lease_ttl.checked_sub(SAFETY_MARGIN);
     let sigterm_after = sigkill_after.and_then(|k| k.checked_sub(stop_timeout));
     match sigterm_after {
-        Some(sigterm_after) if sigterm_after > keepalive_every => Ok(Timeline {
-            keepalive_every,
+        Some(sigterm_after) if sigterm_after > lease_ttl / 3 => Ok(Timeline {
+            keepalive_every: ms(sigterm_after / 3),
             sigterm_after,
             sigkill_after: sigkill_after.unwrap_or_default(),
             lease_expires_after: lease_ttl,
@@ -103,12 +105,13 @@ pub fn timeline(
         }),
         _ => Err(format!(
             "lease_ttl ({}) is too short for [supervisor] stop_timeout ({}): workers are stopped \
-             stop_timeout + {} before the lease can expire, and a keepalive goes every lease_ttl/3 ({}), \
+             stop_timeout + {} before the lease can expire, and that must leave more than a third of \
+             the lease ({}) for keepalives to fail and be retried, \
              so stop_timeout must be under {}; raise lease_ttl (to more than {}) or lower stop_timeout",
             show(lease_ttl),
             show(stop_timeout),
             show(SAFETY_MARGIN),
-            show(keepalive_every),
+            show(lease_ttl / 3),
             show(
                 (lease_ttl.saturating_mul(2) / 3)
                     .checked_sub(SAFETY_MARGIN)
@@ -194,7 +197,7 @@ mod tests {
     #[test]
     fn the_timeline_of_a_sound_configuration() {
         let t = timeline(S(30), S(2), S(10)).unwrap();
-        assert_eq!(t.keepalive_every, S(10));
+        assert_eq!(t.keepalive_every, Duration::from_millis(6_500));
         assert_eq!(t.sigkill_after, Duration::from_millis(29_500));
         assert_eq!(t.sigterm_after, Duration::from_millis(19_500));
         assert_eq!(t.lease_expires_after, S(30));

@@ -305,10 +305,15 @@ impl EventLoop {
         );
         control_server::spawn(listener, self.control_tx.clone());
         if let Some(config) = self.config.cluster.clone() {
-            info!(node = %Quoted(&config.node), endpoints = ?config.endpoints, prefix = %config.prefix, "sessions are owned across hosts through etcd");
+            // Checked when the configuration was read; the fallback is
+            // never used.
+            let keepalive_every = config
+                .timeline(self.config.supervisor.stop_timeout)
+                .map_or(config.lease_ttl / 9, |t| t.keepalive_every);
+            info!(node = %Quoted(&config.node), endpoints = ?config.endpoints, prefix = %config.prefix, keepalive_every = ?keepalive_every, "sessions are owned across hosts through etcd");
             self.cluster = Some(Cluster {
                 node: config.node.clone(),
-                agent: Agent::start(config, self.tx.clone()),
+                agent: Agent::start(config, keepalive_every, self.tx.clone()),
                 lease: Lease::Connecting,
             });
         }
@@ -547,6 +552,19 @@ impl EventLoop {
         }
     }
 
+    /// A session in `standby` with no owner known and no retry planned,
+    /// while the lease is live: nothing would ever wake it.
+    fn orphaned_standby(&self, idx: SlotId) -> bool {
+        let session = &self.slots[idx].session;
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| matches!(c.lease, Lease::Live { .. }))
+            && session.state == State::Standby
+            && matches!(session.phase, Phase::Idle)
+            && session.owner.is_none()
+            && session.next_retry.is_none()
+    }
+
     /// When this supervisor must stop trusting its lease, if it trusts it.
     fn fence_at(&self) -> Option<Instant> {
         match self.cluster.as_ref()?.lease {
@@ -709,11 +727,12 @@ impl EventLoop {
     fn retry_standbys(&mut self, all: bool) {
         for idx in 0..self.slots.len() {
             let session = &self.slots[idx].session;
-            if session.state == State::Standby
-                && matches!(session.phase, Phase::Idle)
-                && (all || session.owner.as_ref().is_none_or(|o| o.ours))
-            {
-                self.apply(idx, Input::OwnerGone);
+            if session.state == State::Standby && matches!(session.phase, Phase::Idle) {
+                if session.owner.as_ref().is_none_or(|o| o.ours) {
+                    self.apply(idx, Input::OwnerGone);
+                } else if all {
+                    self.apply(idx, Input::Recheck);
+                }
             }
         }
     }
@@ -1138,6 +1157,13 @@ impl EventLoop {
                 if let Some(next) = self.execute(idx, effect) {
                     queue.push_back(next);
                 }
+            }
+            if queue.is_empty() && self.orphaned_standby(idx) {
+                // A session that came to rest in `standby` knowing no owner
+                // while the lease is live (its worker ended after the lease
+                // came back) asks etcd again: no watch event would come for
+                // a key that is still ours.
+                queue.push_back(Input::OwnerGone);
             }
         }
         let slot = &mut self.slots[idx];

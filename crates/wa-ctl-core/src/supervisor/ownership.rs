@@ -4,8 +4,10 @@
 //! The loop never awaits etcd. It sends [`Command`]s (acquire, release,
 //! publish) and receives every answer as an [`Event::Ownership`]:
 //!
-//! - **the lease**: granted at connection, renewed every `lease_ttl / 3`
-//!   by a task of its own, so that a slow acquire never delays a keepalive.
+//! - **the lease**: granted at connection, renewed by a task of its own
+//!   (so that a slow acquire never delays a keepalive) three times in the
+//!   time the loop trusts an acknowledgement, and retried within a quarter
+//!   second when one fails: a member or leader lost costs one retry.
 //!   Each acknowledged keepalive is reported with its *send* time: the loop
 //!   keeps its own deadline from it and stops its workers before the lease
 //!   can expire. A lease etcd says is gone is reported at once, and a new
@@ -125,10 +127,14 @@ pub(super) struct Agent {
 
 impl Agent {
     /// Starts the agent on the current runtime; it connects at once.
-    pub(super) fn start(config: ClusterConfig, events: mpsc::Sender<Event>) -> Agent {
+    pub(super) fn start(
+        config: ClusterConfig,
+        keepalive_every: Duration,
+        events: mpsc::Sender<Event>,
+    ) -> Agent {
         let (commands, rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = oneshot::channel();
-        tokio::spawn(run(config, events, rx, shutdown_rx));
+        tokio::spawn(run(config, keepalive_every, events, rx, shutdown_rx));
         Agent {
             commands,
             shutdown: Some(shutdown),
@@ -188,6 +194,7 @@ fn describe(e: &OwnershipError) -> String {
 
 async fn run(
     config: ClusterConfig,
+    keepalive_every: Duration,
     events: mpsc::Sender<Event>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut shutdown: oneshot::Receiver<oneshot::Sender<()>>,
@@ -348,7 +355,7 @@ async fn run(
                         let keepalive = tokio::spawn(keep_alive(
                             ownership.clone(),
                             generation,
-                            config.lease_ttl / 3,
+                            keepalive_every,
                             ka_tx.clone(),
                         ))
                         .abort_handle();
@@ -439,7 +446,33 @@ async fn connect(config: ClusterConfig) -> Result<EtcdOwnership, OwnershipError>
     .await
 }
 
-/// One operation, bounded by `deadline`.
+/// The pause between two tries of an operation that failed on the way
+/// (a member that is gone: etcd-client's balanced channel can still pick
+/// it, etcdv3/etcd-client#39).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runs `op` until it succeeds, fails for a reason a retry cannot change,
+/// or `deadline` passes; `None` when the deadline passed.
+async fn with_retries<T, F, Fut>(deadline: Duration, mut op: F) -> Option<Result<T, OwnershipError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OwnershipError>>,
+{
+    tokio::time::timeout(deadline, async {
+        loop {
+            match op().await {
+                Err(OwnershipError::Etcd { .. } | OwnershipError::StreamClosed { .. }) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// One operation, retried on transport errors, bounded by `deadline`.
 async fn operate(
     ownership: EtcdOwnership,
     generation: LeaseGeneration,
@@ -454,10 +487,10 @@ async fn operate(
     };
     match command {
         Command::Acquire { slot, id } => {
-            let result = match tokio::time::timeout(deadline, ownership.try_acquire(&id)).await {
-                Ok(Ok(acquisition)) => Ok(acquisition),
-                Ok(Err(e)) => Err(describe(&e)),
-                Err(_) => Err(late()),
+            let result = match with_retries(deadline, || ownership.try_acquire(&id)).await {
+                Some(Ok(acquisition)) => Ok(acquisition),
+                Some(Err(e)) => Err(describe(&e)),
+                None => Err(late()),
             };
             Done::Acquired {
                 slot,
@@ -466,13 +499,13 @@ async fn operate(
             }
         }
         Command::Release { slot, id } => {
-            match tokio::time::timeout(deadline, ownership.release(&id)).await {
-                Ok(Ok(true)) => debug!(session = %id, "released"),
-                Ok(Ok(false)) => debug!(session = %id, "release: the key was not ours any more"),
-                Ok(Err(e)) => {
+            match with_retries(deadline, || ownership.release(&id)).await {
+                Some(Ok(true)) => debug!(session = %id, "released"),
+                Some(Ok(false)) => debug!(session = %id, "release: the key was not ours any more"),
+                Some(Err(e)) => {
                     warn!(session = %id, "cannot release (the key goes with the lease): {}", describe(&e))
                 }
-                Err(_) => warn!(session = %id, "release: {} (the key goes with the lease)", late()),
+                None => warn!(session = %id, "release: {} (the key goes with the lease)", late()),
             }
             Done::Other { slot }
         }
@@ -487,19 +520,27 @@ async fn operate(
     }
 }
 
+/// The longest wait before a failed keepalive is tried again.
+const KEEPALIVE_RETRY: Duration = Duration::from_millis(250);
+
 /// Renews the lease every `interval` from the send time of the last
-/// acknowledged keepalive; after a failure, again after a tenth of it (the
-/// loop's own deadline stops the workers if none gets through).
+/// acknowledged keepalive. A keepalive that fails, or gets no answer
+/// within half the interval (its stream may run to a member that is gone),
+/// is tried again on a new stream within [`KEEPALIVE_RETRY`]: the loop's
+/// own deadline stops the workers only if none gets through in three
+/// intervals.
 async fn keep_alive(
     mut ownership: EtcdOwnership,
     generation: LeaseGeneration,
     interval: Duration,
     tx: mpsc::UnboundedSender<Keepalive>,
 ) {
+    let attempt = (interval / 2).max(KEEPALIVE_RETRY);
+    let retry = (interval / 4).min(KEEPALIVE_RETRY);
     let mut next = ownership.grant_ack().sent_at + interval;
     loop {
         tokio::time::sleep_until(next.into()).await;
-        match tokio::time::timeout(interval, ownership.keepalive()).await {
+        match tokio::time::timeout(attempt, ownership.keepalive()).await {
             Ok(Ok(ack)) => {
                 next = ack.sent_at + interval;
                 if tx.send(Keepalive::Acked(generation, ack)).is_err() {
@@ -514,7 +555,7 @@ async fn keep_alive(
                 return;
             }
             Ok(Err(e)) => {
-                next = Instant::now() + interval / 10;
+                next = Instant::now() + retry;
                 if tx.send(Keepalive::Failed(describe(&e))).is_err() {
                     return;
                 }
@@ -523,10 +564,10 @@ async fn keep_alive(
                 // The stream may run to a member that is gone: a clone
                 // opens a new one next time.
                 ownership = ownership.clone();
-                next = Instant::now() + interval / 10;
+                next = Instant::now() + retry;
                 let reason = format!(
                     "no keepalive answer within {}",
-                    humantime::format_duration(interval)
+                    humantime::format_duration(attempt)
                 );
                 if tx.send(Keepalive::Failed(reason)).is_err() {
                     return;

@@ -10,7 +10,9 @@ fn check_shows_the_failover_timeline() {
     let env = TestEnv::new("[cluster]\nnode = \"host-a\"\nlease_ttl = \"30s\"\n");
     let out = env.ok(&["check"]);
     assert!(out.contains("[cluster]"), "{out}");
-    assert!(out.contains("keepalive every            10s"), "{out}");
+    // stop_timeout is 2s in the test config: three keepalives in the 27.5s
+    // before the fence.
+    assert!(out.contains("keepalive every            9s 166ms"), "{out}");
     assert!(out.contains("a standby takes over at    32s"), "{out}");
 }
 
