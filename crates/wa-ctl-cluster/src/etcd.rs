@@ -371,8 +371,24 @@ pub async fn cluster_view<E: AsRef<str>>(
     let client = Client::connect(endpoints, Some(options))
         .await
         .map_err(etcd("connect"))?;
-    list_sessions(client, &prefix).await
+    // etcd-client's balanced channel can pick a member that is gone
+    // (etcdv3/etcd-client#39): a failed read is tried again, on whichever
+    // member the channel picks next, a few times.
+    let mut tries = 0;
+    loop {
+        match list_sessions(client.clone(), &prefix).await {
+            Err(OwnershipError::Etcd { .. }) if tries < LIST_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
 }
+
+/// How many times `cluster_view` tries a read again after a transport
+/// error.
+const LIST_RETRIES: u32 = 5;
 
 async fn list_sessions(
     mut client: Client,
