@@ -14,6 +14,15 @@ fn sigkill_supervisor(env: &TestEnv) {
     });
 }
 
+/// Waits until the hold of session `default` is on disk. The holds thread
+/// writes it (with fsyncs) a few milliseconds after the state is shown; a
+/// SIGKILL inside that window loses the decision, as docs/reliability.md
+/// says, so a test of what survives a SIGKILL waits for the file first.
+fn wait_for_hold(env: &TestEnv) {
+    let path = env.state_dir().join("sessions/default/.wa-ctl-hold.json");
+    wait_until("the hold on disk", DEADLINE, || path.exists().then_some(()));
+}
+
 /// After a 440 stopped a session, a SIGKILL of the supervisor and a new
 /// `start` leave it stopped: no second knock-off of the other device, and
 /// the last close is still shown. `start ID` clears the hold. (Before
@@ -25,6 +34,7 @@ fn a_440_stop_survives_a_killed_supervisor_until_start_id() {
     let before = env.wait_state("default", "stopped");
     assert_eq!(before["last_code"], 440);
     let at = before["last_at"].as_str().expect("last_at").to_owned();
+    wait_for_hold(&env);
     sigkill_supervisor(&env);
     // Not running: the hold on disk is what status shows.
     let s = env.session("default");
@@ -74,6 +84,7 @@ fn logged_out_and_failed_survive_a_killed_supervisor() {
         let env = TestEnv::with_worker(steps, extra);
         env.ok(&["start"]);
         env.wait_state("default", state);
+        wait_for_hold(&env);
         sigkill_supervisor(&env);
         env.ok(&["start"]);
         let s = env.session("default");
