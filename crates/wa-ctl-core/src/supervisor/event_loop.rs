@@ -45,7 +45,7 @@ use super::slot::Slot;
 use super::spawn::{self, PREPARE_BATCH, PrepareRequest};
 use super::spawner::{SpawnRequest, SpawnResult, SpawnerThread};
 use super::status_file::StatusFile;
-use super::timers::Deadlines;
+use super::timers::{Deadlines, sleep_until_or_never};
 use super::watcher;
 
 /// Events queued from watchers and jobs. Bounded, so that a worker flooding
@@ -396,12 +396,7 @@ impl EventLoop {
                     self.answer_touched();
                     continue;
                 }
-                () = async {
-                    match next_timer {
-                        Some(t) => tokio::time::sleep_until(t.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                () = sleep_until_or_never(next_timer) => {
                     let now = Instant::now();
                     if watchdog_at.is_some_and(|t| t <= now) {
                         // Reached only when the loop is free to run: a stuck

@@ -7,7 +7,10 @@
 //! - **the lease**: granted at connection, renewed by a task of its own
 //!   (so that a slow acquire never delays a keepalive) three times in the
 //!   time the loop trusts an acknowledgement, and retried within a quarter
-//!   second when one fails: a member or leader lost costs one retry.
+//!   second when one fails: a member or leader lost costs one retry. Its
+//!   acknowledgements go straight to the loop, never through the agent,
+//!   so that nothing the agent waits for (a watch being reopened) can make
+//!   one late.
 //!   Each acknowledged keepalive is reported with its *send* time: the loop
 //!   keeps its own deadline from it and stops its workers before the lease
 //!   can expire. A lease etcd says is gone is reported at once, and a new
@@ -39,6 +42,7 @@ use wa_ctl_cluster::{
 use crate::config::cluster::ClusterConfig;
 
 use super::event::{Event, SlotId};
+use super::timers::sleep_until_or_never;
 
 /// Operations in flight at once: enough to keep a connection busy, few
 /// enough that 10,000 sessions starting do not open 10,000 streams.
@@ -181,15 +185,15 @@ struct Live {
     keepalive: tokio::task::AbortHandle,
 }
 
-/// What the keepalive task tells the agent.
-enum Keepalive {
-    Acked(LeaseGeneration, KeepaliveAck),
-    Lost(LeaseGeneration, String),
-    Failed(String),
-}
+/// The keepalive task tells the agent that a lease is gone (and why); its
+/// acknowledgements go straight to the loop, so that nothing the agent
+/// waits for can delay them.
+type LeaseGone = (LeaseGeneration, String);
 
+/// An error as one line. etcd's answers carry the server's own text:
+/// escaped here, once, before it reaches a log or a status.
 fn describe(e: &OwnershipError) -> String {
-    crate::error_chain(e)
+    crate::text::escape(&crate::error_chain(e)).into_owned()
 }
 
 async fn run(
@@ -213,7 +217,7 @@ async fn run(
     let mut reconnect_pause = FIRST_RECONNECT_PAUSE;
     let mut reconnect_at: Option<Instant> = None;
     let mut rewatch_at: Option<Instant> = None;
-    let (ka_tx, mut ka_rx) = mpsc::unbounded_channel::<Keepalive>();
+    let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<LeaseGone>();
 
     // Per-session order: one operation in flight per session, the rest
     // queued behind it; sessions with work and no operation in flight wait
@@ -244,8 +248,9 @@ async fn run(
         } else if connecting.is_none() {
             // No lease, and none coming right now: acquires fail at once,
             // the rest has nothing to act on.
-            while let Some(slot) = ready.pop_front() {
-                for command in queued.remove(&slot).into_iter().flatten() {
+            ready.clear();
+            for (_, commands) in queued.drain() {
+                for command in commands {
                     if let Command::Acquire { slot, .. } = command {
                         report(OwnershipEvent::Acquired {
                             slot,
@@ -307,28 +312,16 @@ async fn run(
                     ready.push_back(slot);
                 }
             }
-            Some(ka) = ka_rx.recv() => match ka {
-                Keepalive::Acked(g, ack) => {
-                    if live.as_ref().is_some_and(|l| l.generation == g) {
-                        reconnect_pause = FIRST_RECONNECT_PAUSE;
-                        report(OwnershipEvent::Renewed { generation: g, ack }).await;
+            Some((g, reason)) = gone_rx.recv() => {
+                if live.as_ref().is_some_and(|l| l.generation == g) {
+                    warn!("the lease is gone: {reason}; every session of this node stands by, and a new lease is asked for");
+                    if let Some(l) = live.take() {
+                        l.keepalive.abort();
                     }
+                    report(OwnershipEvent::LeaseLost { generation: g, reason }).await;
+                    connecting = Some(tokio::spawn(connect(config.clone())));
                 }
-                Keepalive::Failed(reason) => {
-                    last_error = reason.clone();
-                    report(OwnershipEvent::Unreachable { reason }).await;
-                }
-                Keepalive::Lost(g, reason) => {
-                    if live.as_ref().is_some_and(|l| l.generation == g) {
-                        warn!("the lease is gone: {reason}; every session of this node stands by, and a new lease is asked for");
-                        if let Some(l) = live.take() {
-                            l.keepalive.abort();
-                        }
-                        report(OwnershipEvent::LeaseLost { generation: g, reason }).await;
-                        connecting = Some(tokio::spawn(connect(config.clone())));
-                    }
-                }
-            },
+            }
             result = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;
                 match result {
@@ -356,7 +349,8 @@ async fn run(
                             ownership.clone(),
                             generation,
                             keepalive_every,
-                            ka_tx.clone(),
+                            events.clone(),
+                            gone_tx.clone(),
                         ))
                         .abort_handle();
                         let ack = ownership.grant_ack();
@@ -369,10 +363,8 @@ async fn run(
                         report(OwnershipEvent::Unreachable { reason: last_error.clone() }).await;
                         reconnect_at = Some(Instant::now() + reconnect_pause);
                         reconnect_pause = (reconnect_pause * 2).min(MAX_RECONNECT_PAUSE);
-                        // Acquires waiting for this attempt fail now.
-                        ready.extend(queued.keys().copied().filter(|s| !busy.contains(s)));
-                        ready.make_contiguous().sort_unstable();
-                        dedup(&mut ready);
+                        // Acquires waiting for this attempt fail at the
+                        // top of the next turn.
                     }
                     Err(e) => {
                         last_error = format!("the connection task failed: {e}");
@@ -395,12 +387,7 @@ async fn run(
                     rewatch_at = Some(Instant::now() + FIRST_RECONNECT_PAUSE);
                 }
             },
-            () = async {
-                match next_wake {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            () = sleep_until_or_never(next_wake) => {
                 let now = Instant::now();
                 if reconnect_at.is_some_and(|t| t <= now) {
                     reconnect_at = None;
@@ -427,13 +414,6 @@ async fn run(
             }
         }
     }
-}
-
-/// Removes adjacent duplicates of a sorted queue.
-fn dedup(queue: &mut VecDeque<SlotId>) {
-    let mut v: Vec<SlotId> = queue.drain(..).collect();
-    v.dedup();
-    queue.extend(v);
 }
 
 async fn connect(config: ClusterConfig) -> Result<EtcdOwnership, OwnershipError> {
@@ -533,31 +513,27 @@ async fn keep_alive(
     mut ownership: EtcdOwnership,
     generation: LeaseGeneration,
     interval: Duration,
-    tx: mpsc::UnboundedSender<Keepalive>,
+    events: mpsc::Sender<Event>,
+    gone: mpsc::UnboundedSender<LeaseGone>,
 ) {
     let attempt = (interval / 2).max(KEEPALIVE_RETRY);
     let retry = (interval / 4).min(KEEPALIVE_RETRY);
     let mut next = ownership.grant_ack().sent_at + interval;
     loop {
         tokio::time::sleep_until(next.into()).await;
-        match tokio::time::timeout(attempt, ownership.keepalive()).await {
+        let news = match tokio::time::timeout(attempt, ownership.keepalive()).await {
             Ok(Ok(ack)) => {
                 next = ack.sent_at + interval;
-                if tx.send(Keepalive::Acked(generation, ack)).is_err() {
-                    return;
-                }
+                OwnershipEvent::Renewed { generation, ack }
             }
             Ok(Err(OwnershipError::LeaseLost { lease_id })) => {
-                let _ = tx.send(Keepalive::Lost(
-                    generation,
-                    format!("etcd no longer has lease {lease_id:x}"),
-                ));
+                let _ = gone.send((generation, format!("etcd no longer has lease {lease_id:x}")));
                 return;
             }
             Ok(Err(e)) => {
                 next = Instant::now() + retry;
-                if tx.send(Keepalive::Failed(describe(&e))).is_err() {
-                    return;
+                OwnershipEvent::Unreachable {
+                    reason: describe(&e),
                 }
             }
             Err(_) => {
@@ -565,14 +541,16 @@ async fn keep_alive(
                 // opens a new one next time.
                 ownership = ownership.clone();
                 next = Instant::now() + retry;
-                let reason = format!(
-                    "no keepalive answer within {}",
-                    humantime::format_duration(attempt)
-                );
-                if tx.send(Keepalive::Failed(reason)).is_err() {
-                    return;
+                OwnershipEvent::Unreachable {
+                    reason: format!(
+                        "no keepalive answer within {}",
+                        humantime::format_duration(attempt)
+                    ),
                 }
             }
+        };
+        if events.send(Event::Ownership(news)).await.is_err() {
+            return;
         }
     }
 }

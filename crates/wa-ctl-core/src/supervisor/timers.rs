@@ -6,6 +6,15 @@ use std::time::Instant;
 
 use super::event::SlotId;
 
+/// Sleeps until `deadline`, or forever without one: the timer arm of a
+/// `select!` whose next deadline may not exist.
+pub(super) async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// At most one deadline per session: the session's earliest.
 #[derive(Debug, Default)]
 pub(super) struct Deadlines {
