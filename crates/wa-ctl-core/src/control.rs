@@ -110,6 +110,24 @@ impl Response {
     }
 }
 
+/// Checks a phone number in international (E.164) format and returns its
+/// digits, what `login` passes on: `wa-ctl login --phone` and the HTTP
+/// API's `login` take the same numbers.
+pub fn phone_digits(phone: &str) -> Result<String, String> {
+    let digits = phone.strip_prefix('+').unwrap_or(phone);
+    let digits: String = digits.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    if !(7..=15).contains(&digits.len())
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || digits.starts_with('0')
+    {
+        return Err(format!(
+            "{} is not a phone number in international (E.164) format, e.g. +15551234567",
+            crate::text::Quoted(phone)
+        ));
+    }
+    Ok(digits)
+}
+
 /// A request that did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

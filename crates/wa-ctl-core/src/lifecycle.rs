@@ -25,7 +25,7 @@ use crate::policy::{Action, CloseKey, Policy};
 use crate::protocol::WorkerEvent;
 
 /// Where a session is in its life. The names are part of the status contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// A worker is being started, or runs and has not yet reported a QR code

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What the supervisor does after a worker ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Wait for the backoff delay, then spawn a new worker.
@@ -141,6 +141,28 @@ pub mod close_key_json {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use super::CloseKey;
+
+    /// The OpenAPI schema of this form (issue #11): a close code, one of
+    /// the words, or null.
+    pub fn schema() -> utoipa::openapi::schema::Schema {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(65535))
+                    .description(Some("a close code")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["crash", "exit", "hang"]))
+                    .description(Some("no close code: how the worker ended")),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .into()
+    }
 
     pub fn serialize<S: Serializer>(key: &Option<CloseKey>, s: S) -> Result<S::Ok, S::Error> {
         match key {

@@ -105,8 +105,9 @@ pub struct StatusReport {
 }
 
 /// One session of `wa-ctl status --json`. The first eight fields are the
-/// documented contract; the rest are documented extensions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// documented contract; the rest are documented extensions. The HTTP API
+/// (issue #11) serves the same objects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionReport {
     pub id: String,
     pub state: State,
@@ -114,6 +115,7 @@ pub struct SessionReport {
     pub restarts: u32,
     /// The last close code: a number, or `"crash"` / `"exit"`.
     #[serde(with = "close_key_json")]
+    #[schema(schema_with = close_key_json::schema)]
     pub last_code: Option<CloseKey>,
     pub last_action: Option<Action>,
     pub next_retry_s: Option<f64>,

@@ -135,7 +135,14 @@ pub fn run(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
     let ready = unsafe { process::take_ready_fd() };
     // The lock decides, not a probe: a probe could be stale by the time we
     // act on it. A failure is reported on `ready` with every cause.
-    let outcome = match supervisor::run(config.clone(), supervisor::Options { only, ready }) {
+    // The HTTP API, webhooks and metrics (issue #11), if configured.
+    let surface = wa_ctl_http::Http::boxed(config);
+    let options = supervisor::Options {
+        only,
+        ready,
+        surface,
+    };
+    let outcome = match supervisor::run(config.clone(), options) {
         // A relation between the unit's WatchdogSec= and [cluster]: a
         // configuration error (exit 2), which Restart= must not retry.
         Err(e @ supervisor::SupervisorError::WatchdogTooLong { .. }) => {

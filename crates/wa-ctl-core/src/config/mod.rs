@@ -12,6 +12,7 @@
 
 pub mod cluster;
 mod error;
+pub mod http;
 pub mod limits;
 mod locate;
 mod raw;
@@ -103,6 +104,13 @@ pub struct Config {
     /// `[cluster]` (issue #10): ownership across hosts; `None` without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<cluster::ClusterConfig>,
+    /// `[http]` (issue #11): the API, the page and the metrics; `None`
+    /// without it (nothing listens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<http::HttpConfig>,
+    /// `[[webhook]]` (issue #11): where changes are POSTed.
+    #[serde(rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<http::WebhookConfig>,
     #[serde(rename = "session")]
     pub sessions: Vec<SessionConfig>,
     /// FNV-1a of the configuration text: with the path, what the supervisor
@@ -189,6 +197,13 @@ impl Config {
                 stop_timeout = fitted;
                 cluster
             });
+        let resolve_file = |p: PathBuf| match &base_dir {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p,
+        };
+        let http = validate::http(raw.http, &state_dir, base_dir.as_deref(), resolve_file)
+            .map_err(place)?;
+        let webhooks = validate::webhooks(raw.webhook, resolve_file).map_err(place)?;
 
         Ok(Config {
             digest: crate::fsutil::fnv1a(text.as_bytes()),
@@ -200,6 +215,8 @@ impl Config {
             },
             policy,
             cluster,
+            http,
+            webhooks,
             sessions,
         })
     }

@@ -26,6 +26,26 @@ pub(super) struct RawConfig {
     pub(super) policy: RawPolicy,
     pub(super) session: Option<Vec<RawSession>>,
     pub(super) cluster: Option<toml::Spanned<RawCluster>>,
+    pub(super) http: Option<toml::Spanned<RawHttp>>,
+    pub(super) webhook: Option<Vec<toml::Spanned<RawWebhook>>>,
+}
+
+/// `[http]` (issue #11).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub(super) listen: Option<toml::Spanned<String>>,
+    pub(super) allow_remote: Option<bool>,
+    pub(super) token_file: Option<PathBuf>,
+}
+
+/// One `[[webhook]]` (issue #11).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    pub(super) url: Option<toml::Spanned<String>>,
+    pub(super) secret_file: Option<PathBuf>,
+    pub(super) events: Option<toml::Spanned<Vec<String>>>,
 }
 
 /// `[cluster]` (issue #10).

@@ -11,8 +11,11 @@ use std::time::Duration;
 use super::SessionConfig;
 use super::cluster::{self, Backend, ClusterConfig};
 use super::error::SpannedError;
+use super::http::{self as http_cfg, ChangeKind, HttpConfig, Listen, WebhookConfig};
 use super::limits::{self, DurationLimit};
-use super::raw::{HumanDuration, RawCluster, RawPolicy, RawSession, RawWorker};
+use super::raw::{
+    HumanDuration, RawCluster, RawHttp, RawPolicy, RawSession, RawWebhook, RawWorker,
+};
 use crate::policy::Policy;
 use crate::session_id::SessionId;
 
@@ -319,6 +322,118 @@ pub(super) fn cluster(
         (span, "cluster.lease_ttl", m)
     })?;
     Ok(Some((config, stop_timeout)))
+}
+
+/// The effective `[http]`, if the file has one. Relative paths are
+/// resolved by `resolve`; the token file defaults to
+/// `<state_dir>/http.token`.
+pub(super) fn http(
+    raw: Option<toml::Spanned<RawHttp>>,
+    state_dir: &std::path::Path,
+    base: Option<&std::path::Path>,
+    resolve: impl Fn(std::path::PathBuf) -> std::path::PathBuf,
+) -> Result<Option<HttpConfig>, SpannedError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let table_span = raw.span();
+    let raw = raw.into_inner();
+    let allow_remote = raw.allow_remote.unwrap_or(false);
+    let (listen, span) = match &raw.listen {
+        None => (
+            Listen::parse(http_cfg::DEFAULT_LISTEN, None).expect("the default parses"),
+            table_span,
+        ),
+        Some(l) => (
+            Listen::parse(l.get_ref(), base).map_err(|m| (l.span(), "http.listen", m))?,
+            l.span(),
+        ),
+    };
+    if !listen.is_local() && !allow_remote {
+        return Err((
+            span,
+            "http.listen",
+            format!(
+                "{listen} can be reached from other hosts: the API starts and stops sessions \
+                 and shows their QR codes, so say so with `allow_remote = true` (and put TLS \
+                 in front of it), or listen on 127.0.0.1 or a unix socket"
+            ),
+        ));
+    }
+    let token_file = raw
+        .token_file
+        .map(resolve)
+        .unwrap_or_else(|| state_dir.join(http_cfg::DEFAULT_TOKEN_FILE));
+    Ok(Some(HttpConfig {
+        listen,
+        allow_remote,
+        token_file,
+    }))
+}
+
+/// The effective `[[webhook]]` tables.
+pub(super) fn webhooks(
+    raw: Option<Vec<toml::Spanned<RawWebhook>>>,
+    resolve: impl Fn(std::path::PathBuf) -> std::path::PathBuf,
+) -> Result<Vec<WebhookConfig>, SpannedError> {
+    let mut out = Vec::new();
+    for raw in raw.unwrap_or_default() {
+        let span = raw.span();
+        let raw: RawWebhook = raw.into_inner();
+        let url = raw.url.ok_or_else(|| {
+            (
+                span.clone(),
+                "webhook.url",
+                "a [[webhook]] needs a url".to_owned(),
+            )
+        })?;
+        http_cfg::check_url(url.get_ref()).map_err(|m| (url.span(), "webhook.url", m))?;
+        let secret_file = raw.secret_file.map(&resolve).ok_or_else(|| {
+            (
+                span.clone(),
+                "webhook.secret_file",
+                "a [[webhook]] needs a secret_file: its deliveries are signed with it \
+                 (HMAC-SHA256), and the receiver checks them with the same secret"
+                    .to_owned(),
+            )
+        })?;
+        let events = match raw.events {
+            None => vec![ChangeKind::State],
+            Some(e) => {
+                let e_span = e.span();
+                let mut kinds = Vec::new();
+                for name in e.into_inner() {
+                    let kind = ChangeKind::parse(&name).ok_or_else(|| {
+                        (
+                            e_span.clone(),
+                            "webhook.events",
+                            format!(
+                                "unknown event {}: use \"state\" and/or \"qr\"",
+                                crate::text::Quoted(&name)
+                            ),
+                        )
+                    })?;
+                    if !kinds.contains(&kind) {
+                        kinds.push(kind);
+                    }
+                }
+                if kinds.is_empty() {
+                    return Err((
+                        e_span,
+                        "webhook.events",
+                        "name at least one event: \"state\" and/or \"qr\"".to_owned(),
+                    ));
+                }
+                kinds
+            }
+        };
+        out.push(WebhookConfig {
+            url: url.into_inner(),
+            secret_file,
+            events,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

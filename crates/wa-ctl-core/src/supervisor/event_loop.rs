@@ -45,6 +45,7 @@ use super::slot::Slot;
 use super::spawn::{self, PREPARE_BATCH, PrepareRequest};
 use super::spawner::{SpawnRequest, SpawnResult, SpawnerThread};
 use super::status_file::StatusFile;
+use super::surface::{ControlHandle, Surface, SurfaceError};
 use super::timers::{Deadlines, sleep_until_or_never};
 use super::watcher;
 
@@ -215,6 +216,9 @@ pub(super) struct EventLoop {
     journal: bool,
     /// Ownership across hosts, with `[cluster]` (issue #10).
     cluster: Option<Cluster>,
+    /// The HTTP API, webhooks and metrics (issue #11): told of every
+    /// session an event touched.
+    surface: Option<Box<dyn Surface>>,
 }
 
 impl EventLoop {
@@ -287,7 +291,28 @@ impl EventLoop {
             notifier: Notifier::from_env(),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
             cluster: None,
+            surface: None,
         })
+    }
+
+    /// Starts the application surface (issue #11), before the loop runs.
+    pub(super) fn set_surface(
+        &mut self,
+        mut surface: Box<dyn Surface>,
+    ) -> Result<(), SurfaceError> {
+        let now_sys = SystemTime::now();
+        let now = Instant::now();
+        let records = (0..self.slots.len())
+            .map(|idx| self.session_record(idx, now_sys, now))
+            .collect();
+        surface.start(
+            ControlHandle {
+                tx: self.control_tx.clone(),
+            },
+            records,
+        )?;
+        self.surface = Some(surface);
+        Ok(())
     }
 
     /// Runs until every session is stopped after a shutdown.
@@ -763,8 +788,12 @@ impl EventLoop {
         self.sweep_if_due();
     }
 
-    /// One line per worker that is gone, once the policy has decided.
-    fn log_exited(&self, idx: SlotId, exit: crate::lifecycle::ExitKind) {
+    /// One line per worker that is gone, once the policy has decided (and
+    /// the close, for the surface's count of closes by code).
+    fn log_exited(&mut self, idx: SlotId, exit: crate::lifecycle::ExitKind) {
+        if self.surface.is_some() {
+            self.slots[idx].closed = self.slots[idx].session.last_close;
+        }
         let s = &self.slots[idx].session;
         let retry = s.next_retry.map(|t| {
             let ms = t.saturating_duration_since(Instant::now()).as_millis() as u64;
@@ -1122,13 +1151,24 @@ impl EventLoop {
         }
     }
 
-    /// Answers the clients of the sessions the last event touched.
+    /// Answers the clients of the sessions the last event touched, and
+    /// tells the surface, if any, what they look like now.
     fn answer_touched(&mut self) {
+        let mut surface = self.surface.take();
+        let now_sys = SystemTime::now();
+        let now = Instant::now();
         for idx in std::mem::take(&mut self.touched) {
             let slot = &mut self.slots[idx];
             slot.touched = false;
-            slot.answer(self.config.sessions[idx].id.as_str());
+            // The surface first: an API request answered below finds the
+            // session as the answer says it is.
+            if let Some(surface) = surface.as_mut() {
+                let closed = slot.closed.take();
+                surface.update(idx, self.session_record(idx, now_sys, now), closed);
+            }
+            self.slots[idx].answer(self.config.sessions[idx].id.as_str());
         }
+        self.surface = surface;
     }
 
     /// Feeds one input to a session and carries out the effects, feeding
@@ -1451,10 +1491,9 @@ impl EventLoop {
         }
     }
 
-    /// The live record: every session, or one.
-    pub(super) fn record(&self, only: Option<SlotId>) -> StatusRecord {
-        let now_sys = SystemTime::now();
-        let now = Instant::now();
+    /// One session's record. `now_sys` and `now` are the same moment on
+    /// the two clocks: the session's instants become wall-clock times.
+    fn session_record(&self, idx: SlotId, now_sys: SystemTime, now: Instant) -> SessionRecord {
         let wall = |t: Instant| -> u64 {
             if t >= now {
                 unix_ms(now_sys + (t - now))
@@ -1462,36 +1501,42 @@ impl EventLoop {
                 unix_ms(now_sys - (now - t))
             }
         };
-        let one = |idx: SlotId| -> SessionRecord {
-            let session = &self.slots[idx].session;
-            let running = session.running();
-            SessionRecord {
-                id: self.config.sessions[idx].id.to_string(),
-                state: session.state,
-                worker_pid: running.map(|w| w.pid),
-                restarts: session.restarts,
-                last_code: session.last_close,
-                last_reason: session.last_reason.clone(),
-                last_action: session.last_action,
-                last_at_ms: session.last_at.map(unix_ms),
-                next_retry_at_ms: session.next_retry.map(wall),
-                worker_started_at_ms: running.map(|w| wall(w.spawned_at)),
-                connected_at_ms: running.and_then(|w| w.connected_at).map(wall),
-                jid: session.jid.clone(),
-                pairing: session.pairing_code.clone(),
-                owner: session
-                    .owner
-                    .as_ref()
-                    .map(|o| match (&self.cluster, o.ours) {
-                        (Some(cluster), true) => cluster.node.clone(),
-                        _ => o.node.clone(),
-                    }),
-                epoch: session.owner.as_ref().map(|o| o.epoch).filter(|&e| e > 0),
-            }
-        };
+        let session = &self.slots[idx].session;
+        let running = session.running();
+        SessionRecord {
+            id: self.config.sessions[idx].id.to_string(),
+            state: session.state,
+            worker_pid: running.map(|w| w.pid),
+            restarts: session.restarts,
+            last_code: session.last_close,
+            last_reason: session.last_reason.clone(),
+            last_action: session.last_action,
+            last_at_ms: session.last_at.map(unix_ms),
+            next_retry_at_ms: session.next_retry.map(wall),
+            worker_started_at_ms: running.map(|w| wall(w.spawned_at)),
+            connected_at_ms: running.and_then(|w| w.connected_at).map(wall),
+            jid: session.jid.clone(),
+            pairing: session.pairing_code.clone(),
+            owner: session
+                .owner
+                .as_ref()
+                .map(|o| match (&self.cluster, o.ours) {
+                    (Some(cluster), true) => cluster.node.clone(),
+                    _ => o.node.clone(),
+                }),
+            epoch: session.owner.as_ref().map(|o| o.epoch).filter(|&e| e > 0),
+        }
+    }
+
+    /// The live record: every session, or one.
+    pub(super) fn record(&self, only: Option<SlotId>) -> StatusRecord {
+        let now_sys = SystemTime::now();
+        let now = Instant::now();
         let sessions = match only {
-            Some(idx) => vec![one(idx)],
-            None => (0..self.slots.len()).map(one).collect(),
+            Some(idx) => vec![self.session_record(idx, now_sys, now)],
+            None => (0..self.slots.len())
+                .map(|idx| self.session_record(idx, now_sys, now))
+                .collect(),
         };
         StatusRecord {
             pid: std::process::id(),

@@ -16,6 +16,7 @@
 //! - `ownership`: the agent that talks to etcd for the loop (issue #10);
 //! - `control_server`: the control socket's connections;
 //! - `status_file`: the coalesced copy of the record in `runtime_dir`;
+//! - `surface`: the hook of the HTTP API, webhooks and metrics (issue #11);
 //! - `timers`: the sessions' deadlines, ordered.
 
 mod control_server;
@@ -30,6 +31,7 @@ mod slot;
 mod spawn;
 mod spawner;
 mod status_file;
+mod surface;
 mod timers;
 mod watcher;
 
@@ -51,6 +53,7 @@ use crate::session_lock::{SessionLockError, SessionLocks};
 use crate::status::STATUS_FILE;
 
 use event_loop::{EventLoop, Readiness};
+pub use surface::{ControlHandle, Surface, SurfaceError};
 
 /// Descriptors the supervisor needs besides one per session: stdio, the
 /// locks, the runtime's epoll and wake-up pipes, the listener, the control
@@ -62,12 +65,25 @@ const BASE_DESCRIPTORS: u64 = 64 + control_server::MAX_CONNECTIONS as u64;
 const BLOCKING_THREADS: usize = 8;
 
 /// What the supervisor was asked to do at start-up.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Options {
     /// Start only these sessions (the rest stay `stopped`); all if `None`.
     pub only: Option<Vec<SessionId>>,
     /// Where a background supervisor reports readiness to `wa-ctl start`.
     pub ready: Option<OwnedFd>,
+    /// The HTTP API, webhooks and metrics (issue #11), with `[http]` or
+    /// `[[webhook]]`.
+    pub surface: Option<Box<dyn Surface>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("only", &self.only)
+            .field("ready", &self.ready)
+            .field("surface", &self.surface.is_some())
+            .finish()
+    }
 }
 
 /// How a supervisor run ended.
@@ -123,6 +139,8 @@ pub enum SupervisorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the HTTP API")]
+    Surface(#[source] SurfaceError),
     #[error("cannot end leftovers of session {session}")]
     Leftovers {
         session: String,
@@ -154,7 +172,7 @@ impl Readiness for Ready {
 pub fn run(config: Config, options: Options) -> Result<Outcome, SupervisorError> {
     let mut ready = Ready(options.ready.map(File::from));
     let result = match watchdog_fits(&config) {
-        Ok(()) => run_inner(config, options.only, &mut ready),
+        Ok(()) => run_inner(config, options.only, options.surface, &mut ready),
         Err(e) => Err(e),
     };
     match &result {
@@ -225,6 +243,7 @@ fn raise_descriptor_limit(sessions: usize) -> Result<nix::libc::rlimit, Supervis
 fn run_inner(
     config: Config,
     only: Option<Vec<SessionId>>,
+    surface: Option<Box<dyn Surface>>,
     ready: &mut Ready,
 ) -> Result<Outcome, SupervisorError> {
     let runtime_dir = config.supervisor.runtime_dir.clone();
@@ -286,6 +305,11 @@ fn run_inner(
         let signals = signals::Signals::install().map_err(SupervisorError::Signals)?;
         let mut event_loop =
             EventLoop::new(config, spawner, locks).map_err(SupervisorError::Spawner)?;
+        if let Some(surface) = surface {
+            event_loop
+                .set_surface(surface)
+                .map_err(SupervisorError::Surface)?;
+        }
         event_loop.run(listener, signals, only, ready).await;
         Ok(())
     });

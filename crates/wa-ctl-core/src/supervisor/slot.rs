@@ -46,6 +46,9 @@ pub(super) struct Slot {
     /// An operator started the session while a prepare that honours holds
     /// was in flight: a hold it finds is cleared, and the session started.
     pub(super) start_overrides_hold: bool,
+    /// The close of a worker that ended in the current event, until the
+    /// surface (issue #11) has been told.
+    pub(super) closed: Option<crate::policy::CloseKey>,
 }
 
 impl Slot {

@@ -148,18 +148,7 @@ pub(super) fn login(
 
 /// Checks an E.164 number and returns its digits.
 fn phone_digits(phone: &str) -> anyhow::Result<String> {
-    let digits = phone.strip_prefix('+').unwrap_or(phone);
-    let digits: String = digits.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    if !(7..=15).contains(&digits.len())
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-        || digits.starts_with('0')
-    {
-        return Err(UsageError(format!(
-            "`{phone}` is not a phone number in international (E.164) format, e.g. +15551234567"
-        ))
-        .into());
-    }
-    Ok(digits)
+    wa_ctl_core::control::phone_digits(phone).map_err(|m| UsageError(m).into())
 }
 
 /// The most bytes a QR code holds (version 40, error correction level L).
