@@ -640,3 +640,82 @@ async fn page() -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/openapi.json is the document the server serves: a change to a
+    /// handler's types shows in review as a change to that file. Rewrite
+    /// it with `WA_CTL_UPDATE_OPENAPI=1 cargo test -p wa-ctl-http openapi`.
+    #[test]
+    fn openapi_document_is_committed() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        let served = openapi();
+        if std::env::var_os("WA_CTL_UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, format!("{served}\n")).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed.trim_end() == served,
+            "docs/openapi.json differs from the served document: run \
+             `WA_CTL_UPDATE_OPENAPI=1 cargo test -p wa-ctl-http openapi` and review the diff"
+        );
+    }
+
+    /// The schema of a session names exactly the fields the API sends.
+    #[test]
+    fn the_session_schema_has_every_field_of_a_session() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi()).unwrap();
+        let schema = &doc["components"]["schemas"]["SessionReport"];
+        let mut named: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        named.sort_unstable();
+        let record = SessionRecord {
+            id: "a".into(),
+            state: SessionState::Stopped,
+            worker_pid: None,
+            restarts: 0,
+            last_code: None,
+            last_reason: None,
+            last_action: None,
+            last_at_ms: None,
+            next_retry_at_ms: None,
+            worker_started_at_ms: None,
+            connected_at_ms: None,
+            jid: None,
+            pairing: None,
+            owner: None,
+            epoch: None,
+        };
+        let value = serde_json::to_value(report(&record)).unwrap();
+        let mut sent: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        sent.sort_unstable();
+        assert_eq!(named, sent);
+        for path in [
+            "/v1/sessions",
+            "/v1/sessions/{id}",
+            "/v1/sessions/{id}/start",
+            "/v1/sessions/{id}/stop",
+            "/v1/sessions/{id}/restart",
+            "/v1/sessions/{id}/login",
+            "/v1/sessions/{id}/qr",
+            "/v1/events",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} is documented");
+        }
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+}

@@ -514,4 +514,103 @@ env = { B = "3" }
             assert!(e.contains(words), "{text}: {e}");
         }
     }
+
+    #[test]
+    fn http_and_webhook_tables() {
+        let c = parse("").unwrap();
+        assert_eq!((c.http.clone(), c.webhooks.len()), (None, 0), "optional");
+        assert!(!c.to_toml().contains("http"), "nothing shown when off");
+        let c = parse(
+            "[supervisor]\nstate_dir = \"/s\"\n[http]\n[[webhook]]\nurl = \"https://erp.example.com/hook\"\nsecret_file = \"hook.secret\"\nevents = [\"state\", \"qr\", \"state\"]\n",
+        )
+        .unwrap();
+        let h = c.http.clone().unwrap();
+        assert_eq!(h.listen.to_string(), "127.0.0.1:8722");
+        assert!(!h.allow_remote);
+        assert_eq!(h.token_file, Path::new("/s/http.token"));
+        let w = &c.webhooks[0];
+        assert_eq!(
+            w.secret_file,
+            Path::new("/etc/x/hook.secret"),
+            "relative to the file"
+        );
+        assert_eq!(w.events, [http::ChangeKind::State, http::ChangeKind::Qr]);
+        let shown = c.to_toml();
+        assert!(
+            shown.contains("[http]") && shown.contains("[[webhook]]"),
+            "{shown}"
+        );
+        let c =
+            parse("[[webhook]]\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"/s\"\n").unwrap();
+        assert_eq!(
+            c.webhooks[0].events,
+            [http::ChangeKind::State],
+            "the default"
+        );
+        let c = parse("[http]\nlisten = \"0.0.0.0:80\"\nallow_remote = true\n").unwrap();
+        assert!(!c.http.unwrap().listen.is_local());
+        let c = parse("[http]\nlisten = \"unix:/run/wa-ctl/http.sock\"\n").unwrap();
+        assert!(c.http.unwrap().listen.is_local());
+    }
+
+    #[test]
+    fn http_errors_name_the_line_and_key() {
+        let cases = [
+            (
+                "[http]\nlisten = \"0.0.0.0:8722\"\n",
+                2,
+                "http.listen",
+                "allow_remote = true",
+            ),
+            (
+                "[http]\nlisten = \"10.0.0.5:8722\"\nallow_remote = false\n",
+                2,
+                "http.listen",
+                "other hosts",
+            ),
+            (
+                "[http]\nlisten = \"localhost:8722\"\n",
+                2,
+                "http.listen",
+                "not an address",
+            ),
+            ("[http]\nport = 1\n", 2, "port", "unknown field"),
+            (
+                "[[webhook]]\nsecret_file = \"/s\"\n",
+                1,
+                "webhook.url",
+                "needs a url",
+            ),
+            (
+                "[[webhook]]\nurl = \"ftp://x\"\nsecret_file = \"/s\"\n",
+                2,
+                "webhook.url",
+                "http:// or https://",
+            ),
+            (
+                "[[webhook]]\nurl = \"http://x\"\n",
+                1,
+                "webhook.secret_file",
+                "needs a secret_file",
+            ),
+            (
+                "[[webhook]]\nurl = \"http://x\"\nsecret_file = \"/s\"\nevents = [\"nope\"]\n",
+                4,
+                "webhook.events",
+                "unknown event",
+            ),
+            (
+                "[[webhook]]\nurl = \"http://x\"\nsecret_file = \"/s\"\nevents = []\n",
+                4,
+                "webhook.events",
+                "at least one",
+            ),
+        ];
+        for (text, line, key, words) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("wa.toml:{line}:")), "{text}: {e}");
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(e.contains(words), "{text}: {e}");
+        }
+    }
 }

@@ -22,7 +22,16 @@ pub(super) fn login(
     config: &Config,
     id: Option<String>,
     phone: Option<String>,
+    browser: bool,
 ) -> anyhow::Result<u8> {
+    if browser && config.http.is_none() {
+        return Err(UsageError(
+            "--browser needs the HTTP API: add an [http] table to the configuration \
+             (see docs/http-api.md)"
+                .to_owned(),
+        )
+        .into());
+    }
     let id = match id {
         Some(id) => {
             check_session(config, &id)?;
@@ -42,6 +51,22 @@ pub(super) fn login(
         check_workers(config, None)?;
         start_background(config, None)?;
     }
+    if browser {
+        // The supervisor made the token file when it started.
+        match super::status::page_url(config) {
+            Some(url) => out(&format!(
+                "Open this address to pair session {id} (the token after # stays in the browser):\n\n  {url}\n\nWaiting for the session to connect (Ctrl-C to stop waiting)...\n"
+            ))?,
+            None => bail!(
+                "cannot build the page's address: [http] listens on a unix socket, or this user \
+                 cannot read the token file {}",
+                config
+                    .http
+                    .as_ref()
+                    .map_or_else(String::new, |h| h.token_file.display().to_string())
+            ),
+        }
+    }
     let mut shown_qr: Option<String> = None;
     let mut shown_code: Option<String> = None;
     let mut shown_state: Option<State> = None;
@@ -57,7 +82,7 @@ pub(super) fn login(
             if let Some(qr) = update
                 .qr
                 .as_ref()
-                .filter(|qr| shown_qr.as_ref() != Some(*qr))
+                .filter(|qr| !browser && shown_qr.as_ref() != Some(*qr))
             {
                 let Some(art) = render_qr(qr) else {
                     undrawable_qr = Some(qr.len());
@@ -71,7 +96,7 @@ pub(super) fn login(
             if let Some(code) = update
                 .pair_code
                 .as_ref()
-                .filter(|c| shown_code.as_ref() != Some(*c))
+                .filter(|c| !browser && shown_code.as_ref() != Some(*c))
             {
                 let code = escape(code);
                 text.push_str(&format!(

@@ -47,7 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         } => status::cluster_status(&config, id, json),
         Command::Status { id, json, .. } => status::status(&config, id, json),
         Command::Logs { follow, lines } => logs::logs(&config, follow, lines),
-        Command::Login { id, phone } => login::login(&config, id, phone),
+        Command::Login { id, phone, browser } => login::login(&config, id, phone, browser),
         Command::Check => check::check(&config),
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     }

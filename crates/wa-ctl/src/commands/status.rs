@@ -89,6 +89,11 @@ pub(super) fn status(config: &Config, id: Option<String>, json: bool) -> anyhow:
         out(&format!("{}\n", serde_json::to_string(&report)?))?;
     } else {
         out(&report.render_text())?;
+        if report.running
+            && let Some(url) = page_url(config)
+        {
+            out(&format!("Page: {url}\n"))?;
+        }
     }
     Ok(match (report.running, &report.error) {
         (true, None) => exit::SUCCESS,
@@ -207,4 +212,11 @@ pub(super) fn cluster_status(
     }
     out(&text)?;
     Ok(exit::SUCCESS)
+}
+
+/// The pairing page's address with the token (issue #11), when `[http]`
+/// listens on TCP and this user can read the token file.
+pub(super) fn page_url(config: &Config) -> Option<String> {
+    let http = config.http.as_ref()?;
+    http.page_url(&wa_ctl_http::read_token(&http.token_file)?)
 }
