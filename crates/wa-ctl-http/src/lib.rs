@@ -21,6 +21,7 @@
 //! - `auth`: the token file and the bearer check;
 //! - `events`: the Server-Sent Events stream;
 //! - `metrics`: the Prometheus exposition;
+//! - `listener`: the bound on open connections;
 //! - `qr`: the QR code as SVG and PNG;
 //! - `webhook`: the signed deliveries.
 
@@ -28,6 +29,7 @@ mod api;
 mod auth;
 mod events;
 mod hub;
+mod listener;
 mod metrics;
 mod qr;
 mod webhook;
@@ -49,6 +51,8 @@ pub use hub::{ApiEvent, ChangeKind};
 pub struct Http {
     config: Config,
     hub: Option<Arc<hub::Hub>>,
+    /// The webhooks' queues, flushed (within a bound) at exit.
+    queues: Vec<Arc<webhook::Queue>>,
 }
 
 impl Http {
@@ -57,6 +61,7 @@ impl Http {
         (config.http.is_some() || !config.webhooks.is_empty()).then(|| Http {
             config: config.clone(),
             hub: None,
+            queues: Vec::new(),
         })
     }
 
@@ -92,7 +97,7 @@ impl Surface for Http {
                 control,
                 token,
                 self.config.clone(),
-                queues,
+                queues.clone(),
             );
             let router = api::router(state);
             match &http.listen {
@@ -100,7 +105,8 @@ impl Surface for Http {
                     let listener = std::net::TcpListener::bind(addr)
                         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                     listener.set_nonblocking(true)?;
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let listener =
+                        listener::Limited::new(tokio::net::TcpListener::from_std(listener)?);
                     info!(listen = %addr, "HTTP API listening");
                     tokio::spawn(async move {
                         if let Err(e) = axum::serve(listener, router).await {
@@ -120,6 +126,7 @@ impl Surface for Http {
                         path,
                         std::os::unix::fs::PermissionsExt::from_mode(0o660),
                     )?;
+                    let listener = listener::Limited::new(listener);
                     info!(listen = %path.display(), "HTTP API listening");
                     tokio::spawn(async move {
                         if let Err(e) = axum::serve(listener, router).await {
@@ -130,6 +137,7 @@ impl Surface for Http {
             }
         }
         self.hub = Some(hub);
+        self.queues = queues;
         Ok(())
     }
 
@@ -137,5 +145,10 @@ impl Surface for Http {
         if let Some(hub) = &self.hub {
             hub.update(idx, record, closed);
         }
+    }
+
+    fn finish(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let queues = self.queues.clone();
+        Box::pin(webhook::flush(queues, webhook::FLUSH_TIMEOUT))
     }
 }

@@ -44,6 +44,9 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest pause between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How long the supervisor's exit waits for the queues to empty.
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A webhook's queue and its counts, shared by the hub (which pushes) and
 /// the delivery task.
 #[derive(Debug)]
@@ -53,6 +56,8 @@ pub(crate) struct Queue {
     events: Vec<ChangeKind>,
     entries: Mutex<VecDeque<Arc<Change>>>,
     notify: Notify,
+    /// Woken whenever an entry leaves the queue.
+    progress: Notify,
     pub(crate) dropped: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) failed_attempts: AtomicU64,
@@ -66,6 +71,7 @@ impl Queue {
             events,
             entries: Mutex::new(VecDeque::with_capacity(16)),
             notify: Notify::new(),
+            progress: Notify::new(),
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
@@ -104,11 +110,35 @@ impl Queue {
         if entries.front().is_some_and(|c| c.id == change.id) {
             entries.pop_front();
         }
+        drop(entries);
+        self.progress.notify_waiters();
     }
 
     /// The entries waiting.
     pub(crate) fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Waits until every queue is empty, or `timeout` has passed: at exit, the
+/// last changes (each session's `stopped`) get a bounded chance to go out.
+pub(crate) async fn flush(queues: Vec<Arc<Queue>>, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for queue in queues {
+        loop {
+            let progress = queue.progress.notified();
+            if queue.len() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                warn!(
+                    webhook = %queue.label,
+                    undelivered = queue.len(),
+                    "exiting with webhook deliveries still queued"
+                );
+                return;
+            }
+        }
     }
 }
 

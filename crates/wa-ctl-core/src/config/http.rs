@@ -18,6 +18,11 @@ use serde::{Serialize, Serializer};
 /// The default `listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8722";
 
+/// HTTP connections served at once; the next waits in the kernel's
+/// backlog. Counted in the supervisor's descriptor budget when `[http]` is
+/// on.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// The token file's name in `state_dir` when `token_file` is not set.
 pub const DEFAULT_TOKEN_FILE: &str = "http.token";
 

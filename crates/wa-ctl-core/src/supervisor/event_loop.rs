@@ -456,6 +456,11 @@ impl EventLoop {
         for waiter in self.shutdown_waiters.drain(..) {
             let _ = waiter.send(Response::ok("stopped"));
         }
+        if let Some(surface) = self.surface.as_mut() {
+            // After the answer: a receiver that is down cannot delay
+            // `wa-ctl stop`, only the exit, and that by a bounded time.
+            surface.finish().await;
+        }
     }
 
     fn handle(&mut self, event: Event) {

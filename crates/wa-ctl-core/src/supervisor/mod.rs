@@ -216,13 +216,17 @@ fn watchdog_limit(lease_ttl: Duration, stop_timeout: Duration) -> Duration {
 }
 
 /// Raises the soft descriptor limit to the hard one, or fails if even the
-/// hard limit cannot hold the configuration. Returns the limit to give back
-/// to workers.
-fn raise_descriptor_limit(sessions: usize) -> Result<nix::libc::rlimit, SupervisorError> {
+/// hard limit cannot hold the configuration (`extra`: descriptors beyond
+/// the base and one per session, e.g. HTTP connections). Returns the limit
+/// to give back to workers.
+fn raise_descriptor_limit(
+    sessions: usize,
+    extra: usize,
+) -> Result<nix::libc::rlimit, SupervisorError> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| SupervisorError::Rlimit(e.into()))?;
-    let needed = sessions as u64 + BASE_DESCRIPTORS;
+    let needed = (sessions + extra) as u64 + BASE_DESCRIPTORS;
     if needed > hard {
         return Err(SupervisorError::TooFewDescriptors {
             sessions,
@@ -258,7 +262,13 @@ fn run_inner(
     if let Some((a, b)) = SessionLocks::offsets_clash(config.sessions.iter().map(|s| &s.id)) {
         return Err(SupervisorError::LockSlotClash(a.to_string(), b.to_string()));
     }
-    let worker_nofile = raise_descriptor_limit(config.sessions.len())?;
+    // The HTTP API's connections (issue #11) come out of the same budget.
+    let http_connections = if config.http.is_some() {
+        crate::config::http::MAX_CONNECTIONS
+    } else {
+        0
+    };
+    let worker_nofile = raise_descriptor_limit(config.sessions.len(), http_connections)?;
     let spawner = Spawner::new(worker_nofile).map_err(SupervisorError::Spawner)?;
     let locks = SessionLocks::open(&config.supervisor.state_dir)?;
 

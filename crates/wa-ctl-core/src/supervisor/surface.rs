@@ -37,6 +37,13 @@ pub trait Surface: Send {
     /// Session `idx` after an event touched it: its record now, and the
     /// close of a worker that ended in this event, if one did.
     fn update(&mut self, idx: usize, record: SessionRecord, closed: Option<CloseKey>);
+
+    /// Called once when every session has stopped, before the supervisor
+    /// exits: a bounded chance to deliver what is queued (the last
+    /// `stopped` of each session). The default does nothing.
+    fn finish(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async {})
+    }
 }
 
 /// Sends requests to the loop on its control queue, like the control
