@@ -43,6 +43,10 @@ pub struct ApiEvent {
     pub previous_state: State,
     /// The session after the change, as `status --json` shows it.
     pub session: SessionReport,
+    /// Extension: on `qr` events, the QR payload to show (what
+    /// `/v1/sessions/{id}/qr` draws); absent on `state` events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qr: Option<String>,
 }
 
 /// An event made once and shared by every stream and webhook.
@@ -147,6 +151,10 @@ impl Hub {
                     ChangeKind::Qr => record.state,
                 },
                 session: report.clone(),
+                qr: match kind {
+                    ChangeKind::Qr => qr_of(&record).map(str::to_owned),
+                    ChangeKind::State => None,
+                },
             };
             let json = serde_json::to_string(&event).expect("an event serializes");
             let change = Arc::new(Change { id, kind, json });

@@ -13,6 +13,8 @@ mod cli;
 mod cluster_config;
 mod cluster_failover;
 mod guarantees;
+mod http_api;
+mod http_client;
 mod off_loop;
 mod policy;
 mod real_worker;
