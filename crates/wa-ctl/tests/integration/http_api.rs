@@ -190,7 +190,7 @@ fn login_shows_the_qr_code_as_svg_and_png() {
     if let Ok(zbarimg) = crate::harness::which("zbarimg") {
         let file = api.env.path().join("qr.png");
         std::fs::write(&file, &png.body).unwrap();
-        let mut cmd = std::process::Command::new(zbarimg);
+        let mut cmd = crate::harness::command(&zbarimg);
         cmd.args(["--raw", "-q"]).arg(&file);
         let out = crate::harness::run_with_deadline(cmd, DEADLINE);
         assert_eq!(
@@ -444,7 +444,7 @@ fn events_stream_each_change_once_and_resume_from_last_event_id() {
     next_matching(&mut sse, "connected again", is_connected, &mut live);
     let states: Vec<String> = live
         .iter()
-        .map(|m| data(m))
+        .map(data)
         .filter(|d| d["event"] == "state")
         .map(|d| d["session"]["state"].as_str().unwrap().to_owned())
         .collect();
