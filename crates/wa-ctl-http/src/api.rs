@@ -35,6 +35,11 @@ use crate::metrics::{Metrics, Processes};
 /// The largest request body.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
+/// Requests that may use the blocking pool at once (the list, the
+/// metrics): the pool is shared with the supervisor's own jobs (prepares,
+/// sweeps), which a flood of scrapes must not hold up.
+const BLOCKING_REQUESTS: usize = 2;
+
 /// How long `/healthz` waits for the loop.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -57,9 +62,26 @@ pub(crate) struct AppState {
     token: Token,
     metrics: Arc<Metrics>,
     config: Arc<Config>,
+    blocking: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
+    /// Runs `job` on the blocking pool, at most [`BLOCKING_REQUESTS`] at
+    /// once (the others wait here, off the loop).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .blocking
+            .acquire()
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
     pub(crate) fn new(
         hub: Arc<Hub>,
         control: ControlHandle,
@@ -73,6 +95,7 @@ impl AppState {
             control,
             token: Token::new(&token),
             config: Arc::new(config),
+            blocking: Arc::new(tokio::sync::Semaphore::new(BLOCKING_REQUESTS)),
         }
     }
 }
@@ -297,17 +320,17 @@ fn private(mut response: Response) -> Response {
               (status = 401, body = ErrorBody)))]
 async fn list_sessions(State(state): State<AppState>) -> Result<Response, ApiError> {
     let records = state.hub.records();
-    let body = tokio::task::spawn_blocking(move || {
-        let now = unix_ms(SystemTime::now());
-        let reports: Vec<SessionReport> = records
-            .iter()
-            .map(|r| SessionReport::from_record((**r).clone(), now))
-            .collect();
-        serde_json::to_vec(&reports)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = state
+        .blocking(move || {
+            let now = unix_ms(SystemTime::now());
+            let reports: Vec<SessionReport> = records
+                .iter()
+                .map(|r| SessionReport::from_record((**r).clone(), now))
+                .collect();
+            serde_json::to_vec(&reports)
+        })
+        .await?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(private(
         ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
     ))
@@ -596,21 +619,22 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
-    let text = tokio::task::spawn_blocking(move || {
-        let records = state.hub.records();
-        let owned = census::Owned {
-            supervisor: Some(std::process::id()),
-            workers: records.iter().filter_map(|r| r.worker_pid).collect(),
-        };
-        let counted = census::take(&state.config, &owned);
-        let processes = Processes {
-            workers: counted.workers,
-            strays: counted.strays.len(),
-        };
-        state.metrics.render(processes, openmetrics)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let job = state.clone();
+    let text = state
+        .blocking(move || {
+            let records = job.hub.records();
+            let owned = census::Owned {
+                supervisor: Some(std::process::id()),
+                workers: records.iter().filter_map(|r| r.worker_pid).collect(),
+            };
+            let counted = census::take(&job.config, &owned);
+            let processes = Processes {
+                workers: counted.workers,
+                strays: counted.strays.len(),
+            };
+            job.metrics.render(processes, openmetrics)
+        })
+        .await?;
     let content_type = if openmetrics {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     } else {
