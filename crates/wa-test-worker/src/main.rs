@@ -21,6 +21,7 @@
 //! | `close=CODE[:REASON]` | report `closed` |
 //! | `conflict=PATH` | connect like WhatsApp does, one live connection per credentials: claim PATH, report `connected`, and once another worker's claim replaces ours, report `closed` 440 `conflict: replaced` and exit 0 (below) |
 //! | `sleep=DURATION` | wait (humantime: `50ms`, `2s`) |
+//! | `await=PATH` | block until PATH exists (below), then go on |
 //! | `exit=N` | exit with status N |
 //! | `crash` | die by SIGKILL |
 //! | `ignore-term` | ignore SIGTERM from now on |
@@ -46,6 +47,14 @@
 //! `conflict`, and exits 0. The watch is in place before the claim is
 //! written, so no replacement can slip between the two. A PATH that is
 //! removed is no new connection and closes nothing.
+//!
+//! **`await=PATH`** lets a test decide when the script goes on, without
+//! guessing a duration: the worker blocks until PATH exists (a file, a
+//! directory, anything `stat` finds). It watches PATH's directory with
+//! inotify and checks for PATH once the watch is in place and after each
+//! batch of events, so a PATH created at any moment, before the step
+//! included, is seen, and nothing polls. The directory must exist; if it is
+//! removed while the worker waits, the step fails (exit 2).
 //!
 //! **The log.** With `--log FILE`, the worker appends one JSON object per
 //! line, each in one `write` to a file opened with `O_APPEND`, so workers
@@ -340,6 +349,56 @@ impl Claim {
     }
 }
 
+/// Blocks until `path` exists: see `await=PATH` in the module docs.
+fn await_path(path: &Path) -> Result<(), String> {
+    if path.file_name().is_none() {
+        return Err(format!("await={} names no file", path.display()));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let inotify =
+        Inotify::init(InitFlags::IN_CLOEXEC).map_err(|e| format!("cannot start inotify: {e}"))?;
+    inotify
+        .add_watch(
+            dir,
+            AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_DELETE_SELF
+                | AddWatchFlags::IN_MOVE_SELF,
+        )
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    loop {
+        // After the watch is in place: a PATH created before it is found
+        // here, one created after it wakes the read below.
+        match path.try_exists() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(format!("cannot look for {}: {e}", path.display())),
+        }
+        match inotify.read_events() {
+            Ok(events) => {
+                // Any other event (another file, an overflowed queue) only
+                // means: look again.
+                let gone = events.iter().any(|e| {
+                    e.mask
+                        .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
+                });
+                if gone && !path.try_exists().unwrap_or(false) {
+                    return Err(format!(
+                        "{} went away while waiting for {}",
+                        dir.display(),
+                        path.display()
+                    ));
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("cannot watch {}: {e}", dir.display())),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Before anything else, and above all before any thread exists: every
     // thread inherits the mask, so SIGTERM reaches this process only
@@ -505,6 +564,14 @@ fn run_script(
                 let line = serde_json::json!({"event": "closed", "code": code, "reason": reason})
                     .to_string();
                 emit_line(&mut events, line.as_bytes());
+            }
+            "await" => {
+                if value.is_empty() {
+                    return script_error("await needs a path: await=PATH");
+                }
+                if let Err(e) = await_path(Path::new(value)) {
+                    return script_error(&e);
+                }
             }
             "sleep" => match humantime::parse_duration(value) {
                 Ok(d) => std::thread::sleep(d),

@@ -270,3 +270,37 @@ fn a_newer_claim_closes_the_older_worker_with_440() {
     assert_eq!(last["pid"], newer.pid());
     assert_eq!(last["why"], "term");
 }
+
+/// `await=PATH` holds the script until PATH appears, whichever way it
+/// appears (here a rename, as atomic writers do; another file in the
+/// directory does not release it), and does not wait for a PATH that is
+/// already there. The pairing-page test (issue #11) uses it to say when
+/// the worker connects.
+#[test]
+fn await_holds_the_script_until_the_path_exists() {
+    let dir = session_dir("await_holds_the_script_until_the_path_exists");
+    let log = dir.join("log");
+    let go = dir.join("go");
+    let await_go = format!("await={}", go.display());
+    let w = Running::start(&dir, &log, &["qr=before", &await_go, "connect=1@s"]);
+    assert_eq!(w.next_event()["event"], "qr");
+    std::fs::write(dir.join("unrelated"), "x").unwrap();
+    std::fs::write(dir.join("go.tmp"), "x").unwrap();
+    assert!(
+        w.events.try_recv().is_err(),
+        "nothing passes the await before PATH exists"
+    );
+    std::fs::rename(dir.join("go.tmp"), &go).unwrap();
+    let connected = w.next_event();
+    assert_eq!(connected["event"], "connected");
+    assert_eq!(connected["jid"], "1@s");
+
+    // PATH exists already: no wait at all.
+    let w = Running::start(&dir, &log, &[&await_go, "connect=2@s"]);
+    assert_eq!(w.next_event()["jid"], "2@s");
+
+    // A directory that does not exist is a script error.
+    let missing = format!("await={}", dir.join("no-such-dir/go").display());
+    let mut w = Running::start(&dir, &log, &[&missing, "connect"]);
+    assert_eq!(w.wait().code(), Some(2));
+}
