@@ -15,6 +15,7 @@ mod cluster_failover;
 mod guarantees;
 mod http_api;
 mod http_client;
+mod http_page;
 mod off_loop;
 mod policy;
 mod real_worker;
