@@ -601,3 +601,38 @@ fn security_rules_of_the_configuration() {
     );
     assert!(env2.supervisors().is_empty());
 }
+
+#[test]
+fn login_in_the_browser_prints_the_page_and_waits_for_the_connection() {
+    let port = closed_port();
+    let env = TestEnv::with_worker(
+        &[
+            "qr=CODE",
+            "sleep=300ms",
+            "connect=15551234567@s.whatsapp.net",
+        ],
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    // No supervisor yet: login starts it, which makes the token.
+    let out = env.wa_ctl(&["login", "--browser"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let token = std::fs::read_to_string(env.state_dir().join("http.token")).unwrap();
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}/#token={}", token.trim())),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{2580}') && !text.contains('\u{2588}'),
+        "no QR art in the terminal: {text}"
+    );
+    assert!(
+        text.contains("connected as 15551234567@s.whatsapp.net"),
+        "{text}"
+    );
+
+    let env = TestEnv::with_worker(&["connect"], "");
+    let out = env.wa_ctl(&["login", "--browser"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("[http]"), "{}", stderr(&out));
+}
