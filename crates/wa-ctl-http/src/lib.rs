@@ -77,7 +77,8 @@ impl Surface for Http {
         control: ControlHandle,
         sessions: Vec<SessionRecord>,
     ) -> Result<(), SurfaceError> {
-        // Secrets first: a webhook that cannot sign must not start.
+        // Everything that can fail comes before anything starts: a webhook
+        // that cannot sign, a token file others can read, a port in use.
         let webhooks = self
             .config
             .webhooks
@@ -87,9 +88,6 @@ impl Surface for Http {
             .collect::<Result<Vec<_>, _>>()?;
         let queues: Vec<_> = webhooks.iter().map(|w| Arc::clone(&w.queue)).collect();
         let hub = Arc::new(hub::Hub::new(sessions, queues.clone()));
-        for w in webhooks {
-            w.spawn(Arc::clone(&hub));
-        }
         if let Some(http) = &self.config.http {
             let token = load_or_create_token(&http.token_file)?;
             let state = api::AppState::new(
@@ -105,19 +103,16 @@ impl Surface for Http {
                     let listener = std::net::TcpListener::bind(addr)
                         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                     listener.set_nonblocking(true)?;
-                    let listener =
-                        listener::Limited::new(tokio::net::TcpListener::from_std(listener)?);
-                    info!(listen = %addr, "HTTP API listening");
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(listener, router).await {
-                            tracing::error!("HTTP API stopped: {e}");
-                        }
-                    });
+                    serve(tokio::net::TcpListener::from_std(listener)?, router);
                 }
                 Listen::Unix(path) => {
                     // We hold the supervisor lock: a socket here is a dead
-                    // supervisor's.
-                    let _ = std::fs::remove_file(path);
+                    // supervisor's. Anything else is not ours to remove.
+                    if std::fs::symlink_metadata(path)
+                        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                    {
+                        let _ = std::fs::remove_file(path);
+                    }
                     let listener = tokio::net::UnixListener::bind(path)
                         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
                     // The group may connect (a reverse proxy); the token
@@ -126,15 +121,13 @@ impl Surface for Http {
                         path,
                         std::os::unix::fs::PermissionsExt::from_mode(0o660),
                     )?;
-                    let listener = listener::Limited::new(listener);
-                    info!(listen = %path.display(), "HTTP API listening");
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(listener, router).await {
-                            tracing::error!("HTTP API stopped: {e}");
-                        }
-                    });
+                    serve(listener, router);
                 }
             }
+            info!(listen = %http.listen, "HTTP API listening");
+        }
+        for w in webhooks {
+            w.spawn(Arc::clone(&hub));
         }
         self.hub = Some(hub);
         self.queues = queues;
@@ -151,4 +144,18 @@ impl Surface for Http {
         let queues = self.queues.clone();
         Box::pin(webhook::flush(queues, webhook::FLUSH_TIMEOUT))
     }
+}
+
+/// Serves `router` on `listener`, at most [`listener::MAX_CONNECTIONS`]
+/// connections at once, until the runtime ends.
+fn serve<L: axum::serve::Listener>(listener: L, router: axum::Router)
+where
+    L::Addr: std::fmt::Debug,
+{
+    let listener = listener::Limited::new(listener);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("HTTP API stopped: {e}");
+        }
+    });
 }

@@ -601,3 +601,72 @@ fn security_rules_of_the_configuration() {
     );
     assert!(env2.supervisors().is_empty());
 }
+
+#[test]
+fn login_in_the_browser_prints_the_page_and_waits_for_the_connection() {
+    let port = closed_port();
+    let env = TestEnv::with_worker(
+        &[
+            "qr=CODE",
+            "sleep=300ms",
+            "connect=15551234567@s.whatsapp.net",
+        ],
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    // No supervisor yet: login starts it, which makes the token.
+    let out = env.wa_ctl(&["login", "--browser"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let token = std::fs::read_to_string(env.state_dir().join("http.token")).unwrap();
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}/#token={}", token.trim())),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{2580}') && !text.contains('\u{2588}'),
+        "no QR art in the terminal: {text}"
+    );
+    assert!(
+        text.contains("connected as 15551234567@s.whatsapp.net"),
+        "{text}"
+    );
+
+    let env = TestEnv::with_worker(&["connect"], "");
+    let out = env.wa_ctl(&["login", "--browser"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("[http]"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_api_listens_on_a_unix_socket_too() {
+    use std::io::{Read, Write};
+    let env = TestEnv::with_worker(&["connect"], "[http]\nlisten = \"unix:run/http.sock\"\n");
+    env.ok(&["start"]);
+    env.wait_state("default", "connected");
+    let socket = env.runtime_dir().join("http.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o660,
+        "the group (a reverse proxy) may connect"
+    );
+    let token = std::fs::read_to_string(env.state_dir().join("http.token")).unwrap();
+    let ask = |request: String| {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = ask(format!(
+        "GET /v1/sessions/default HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"state\":\"connected\""), "{answer}");
+    let answer = ask("GET /v1/sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into());
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // No page address to print for a socket, and status says nothing of it.
+    assert!(!env.ok(&["status"]).contains("#token="));
+}
