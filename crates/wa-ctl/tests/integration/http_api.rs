@@ -291,7 +291,14 @@ fn the_token_guards_every_v1_route_and_nothing_leaks_without_it() {
         assert!(!reply.text().contains("SECRET-QR-PAYLOAD"), "{path}");
     }
     let page = Req::get(api.port, "/").send();
-    assert!(!page.text().contains("pairing\""));
+    assert_eq!(
+        page.text(),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../wa-ctl-http/assets/index.html"
+        )),
+        "the page is the static asset, whatever the sessions"
+    );
     let csp = page.header("content-security-policy").unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
     // The token file: created 0600.
