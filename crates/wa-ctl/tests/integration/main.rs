@@ -15,6 +15,8 @@ mod cluster_failover;
 mod guarantees;
 mod http_api;
 mod http_client;
+mod http_metrics;
+mod http_webhooks;
 mod off_loop;
 mod policy;
 mod real_worker;
