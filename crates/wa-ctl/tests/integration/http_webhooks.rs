@@ -492,6 +492,35 @@ fn deliveries_are_signed_ordered_and_the_documented_object() {
         states.iter().map(Delivery::event_id).collect::<Vec<_>>(),
         state_ids
     );
+
+    // The next supervisor counts its events from 1 again, and its
+    // delivery ids still differ from every earlier one: a receiver that
+    // drops repeats by delivery id drops nothing new. Its exit delivered
+    // b's last states first.
+    env.ok(&["stop"]);
+    let stopped_b = |ds: &[Delivery]| {
+        ds.iter()
+            .any(|d| d.is_state("stopped") && d.json()["session"]["id"] == "b")
+    };
+    assert!(
+        stopped_b(&all.deliveries()),
+        "the queue is flushed at exit: {:#?}",
+        all.deliveries()
+            .iter()
+            .map(Delivery::json)
+            .collect::<Vec<_>>()
+    );
+    let first_run = all.deliveries().len();
+    env.ok(&["start"]);
+    let both_runs = all.wait_for("b connected in the second run", |ds| {
+        ds.len() > first_run && connected_b(&ds[first_run..])
+    });
+    assert_eq!(both_runs[first_run].event_id(), 1, "ids start again");
+    let delivery_ids: BTreeSet<&str> = both_runs
+        .iter()
+        .map(|d| d.header("x-wa-ctl-delivery").unwrap())
+        .collect();
+    assert_eq!(delivery_ids.len(), both_runs.len(), "unique across runs");
 }
 
 #[test]
@@ -859,7 +888,8 @@ fn a_full_queue_drops_the_oldest_and_counts_them() {
     );
     let session = env.session("a");
     assert_eq!(session["state"], "pairing");
-    assert_eq!(receiver.deliveries().len(), 1, "one delivery in flight");
+    // The first attempt hangs, unanswered, until its timeout.
+    receiver.wait_for("the first delivery", |ds| !ds.is_empty());
 
     // Once the receiver answers (after the attempt in flight times out and
     // a backoff), the newest 1024 arrive, in order; the oldest are gone.
@@ -870,7 +900,18 @@ fn a_full_queue_drops_the_oldest_and_counts_them() {
         (webhook_metric(&text, "wa_ctl_webhook_delivered_total", "0") == QUEUE as f64)
             .then(|| receiver.deliveries())
     });
-    let answered = &all[1..];
+    // Before them, only the attempts that were never answered: of the
+    // first event the task took (dropped since, or retried and then
+    // delivered).
+    let answered = &all[all.len() - QUEUE as usize..];
+    let unanswered: Vec<u64> = all[..all.len() - QUEUE as usize]
+        .iter()
+        .map(Delivery::event_id)
+        .collect();
+    assert!(
+        !unanswered.is_empty() && unanswered.iter().all(|id| *id == unanswered[0]),
+        "{unanswered:?}"
+    );
     assert_eq!(
         answered.iter().map(Delivery::event_id).collect::<Vec<_>>(),
         (newest - QUEUE + 1..=newest).collect::<Vec<_>>()
