@@ -643,13 +643,27 @@ pub fn spawn_background_supervisor(
 /// The file name of the supervisor binary, installed beside `wa-ctl`.
 pub const SUPERVISOR_PROGRAM: &str = "wa-ctl-supervisor";
 
+/// The supervisor binary with the HTTP API, webhooks and metrics (issue
+/// #11), for a configuration with `[http]` or `[[webhook]]`. A binary of
+/// its own so that the one without them carries none of their code: a
+/// supervisor's memory is mostly its code (docs/benchmarks.md). Its
+/// kernel name is the same 15 bytes, `wa-ctl-supervis`.
+pub const SUPERVISOR_API_PROGRAM: &str = "wa-ctl-supervisor-api";
+
 /// The `argv[0]` a supervisor runs with, whichever binary it is.
 pub const SUPERVISOR_ARGV0: &str = "wa-ctl";
 
-/// The supervisor binary beside the running one, if it is installed there.
-pub fn supervisor_program() -> Option<PathBuf> {
+/// The supervisor binary beside the running one, if it is installed there:
+/// the one with the HTTP API when `api` (the configuration has `[http]` or
+/// `[[webhook]]`).
+pub fn supervisor_program(api: bool) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.join(SUPERVISOR_PROGRAM);
+    let name = if api {
+        SUPERVISOR_API_PROGRAM
+    } else {
+        SUPERVISOR_PROGRAM
+    };
+    let path = exe.parent()?.join(name);
     matches!(candidate(&path), Candidate::Executable).then_some(path)
 }
 

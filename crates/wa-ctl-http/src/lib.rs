@@ -56,9 +56,14 @@ pub struct Http {
 }
 
 impl Http {
+    /// Whether `config` asks for the surface: `[http]` or `[[webhook]]`.
+    pub fn wanted(config: &Config) -> bool {
+        config.http.is_some() || !config.webhooks.is_empty()
+    }
+
     /// The surface for `config`, if it has `[http]` or `[[webhook]]`.
     pub fn from_config(config: &Config) -> Option<Http> {
-        (config.http.is_some() || !config.webhooks.is_empty()).then(|| Http {
+        Http::wanted(config).then(|| Http {
             config: config.clone(),
             hub: None,
             queues: Vec::new(),

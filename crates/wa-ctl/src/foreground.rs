@@ -124,9 +124,13 @@ pub fn refuse_foreign(config: &Config, what: &str, force: bool) -> anyhow::Resul
     Ok(())
 }
 
+/// What makes the HTTP API, webhooks and metrics for a configuration
+/// (issue #11): `wa_ctl_http::Http::boxed` where they are linked in.
+pub type SurfaceFactory = fn(&Config) -> Option<Box<dyn supervisor::Surface>>;
+
 /// Runs the supervisor here until it is stopped. `id`, if any, has been
 /// checked against the configuration.
-pub fn run(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
+pub fn run(config: &Config, id: Option<String>, surface: SurfaceFactory) -> anyhow::Result<u8> {
     let only = match &id {
         Some(id) => Some(vec![id.parse()?]),
         None => None,
@@ -136,7 +140,7 @@ pub fn run(config: &Config, id: Option<String>) -> anyhow::Result<u8> {
     // The lock decides, not a probe: a probe could be stale by the time we
     // act on it. A failure is reported on `ready` with every cause.
     // The HTTP API, webhooks and metrics (issue #11), if configured.
-    let surface = wa_ctl_http::Http::boxed(config);
+    let surface = surface(config);
     let options = supervisor::Options {
         only,
         ready,

@@ -27,15 +27,20 @@ pub(super) fn start(config: &Config, id: Option<String>, foreground: bool) -> an
     if foreground {
         // The supervisor binary, when installed: a smaller process to keep
         // for months. Same pid, same arguments, same `argv[0]`.
-        if let Some(program) = process::supervisor_program() {
+        let api = wa_ctl_http::Http::wanted(config);
+        if let Some(program) = process::supervisor_program(api) {
             let error = process::exec_supervisor(&program, &supervisor_args(config, &id));
             return Err(error).with_context(|| format!("running {}", program.display()));
         }
         tracing::warn!(
             "{} is not installed beside wa-ctl: running the supervisor in this process",
-            process::SUPERVISOR_PROGRAM
+            if api {
+                process::SUPERVISOR_API_PROGRAM
+            } else {
+                process::SUPERVISOR_PROGRAM
+            }
         );
-        return foreground::run(config, id);
+        return foreground::run(config, id, wa_ctl_http::Http::boxed);
     }
     if let Probe::Running { pid } = probe(config)? {
         return already_running(config, pid, id);
@@ -107,7 +112,7 @@ pub(super) fn start_background(config: &Config, id: Option<String>) -> anyhow::R
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let args = supervisor_args(config, &id);
-    let exe = match process::supervisor_program() {
+    let exe = match process::supervisor_program(wa_ctl_http::Http::wanted(config)) {
         Some(program) => program,
         None => std::env::current_exe().context("finding the wa-ctl binary")?,
     };
