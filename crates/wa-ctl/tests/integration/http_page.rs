@@ -285,3 +285,87 @@ fn the_pairing_page_shows_the_workers_qr_code_then_connected_as_the_account() {
         "a connected session shows no QR code"
     );
 }
+
+/// The same page, followed live in ONE load: it shows the first code,
+/// replaces it with the next one the worker sends (from the event stream),
+/// then shows `connected as <jid>` when the worker connects, with no
+/// reload. Chromium is driven over the DevTools protocol by
+/// `live_page.py` (python3, as the control-socket fault test uses), which
+/// screenshots the page and decodes it with zbarimg at each look.
+#[test]
+fn the_page_follows_the_session_live() {
+    let Some(chromium) = find_chromium() else {
+        return skip("chromium is not installed (Debian's `chromium` package)");
+    };
+    let Ok(zbarimg) = which("zbarimg") else {
+        return skip("zbarimg is not installed (Debian's `zbar-tools` package)");
+    };
+    let Ok(python) = which("python3") else {
+        return skip("python3 is not installed");
+    };
+    let port = closed_port();
+    let env = TestEnv::new("");
+    let next = env.path().join("next");
+    let go = env.path().join("go");
+    let second = format!("{QR_TEXT}-second");
+    let steps = [
+        format!("qr={QR_TEXT}"),
+        format!("await={}", next.display()),
+        format!("qr={second}"),
+        format!("await={}", go.display()),
+        format!("connect={JID}"),
+    ];
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    std::fs::write(
+        &env.config,
+        format!(
+            "[supervisor]\nruntime_dir = \"run\"\nstate_dir = \"state\"\nstop_timeout = \"2s\"\n\
+             {}\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n[[session]]\nid = \"a\"\n",
+            env.worker(&steps)
+        ),
+    )
+    .unwrap();
+    env.ok(&["start"]);
+    env.wait_state("a", "pairing");
+    let token = std::fs::read_to_string(env.state_dir().join("http.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let url = format!("http://127.0.0.1:{port}/#token={token}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/live_page.py");
+    let mut cmd = command(&python);
+    cmd.arg(&script)
+        .arg(&chromium)
+        .arg(&url)
+        .arg(env.path())
+        .arg(&zbarimg)
+        .arg(QR_TEXT)
+        .arg(&next)
+        .arg(&second)
+        .arg(&go)
+        .arg(JID);
+    // The script has its own deadline (120 s) and kills Chromium's group
+    // at its end; this one is the backstop.
+    let out = run_with_deadline(cmd, Duration::from_secs(180));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the live page run failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["first"], QR_TEXT);
+    assert_eq!(
+        report["second"],
+        second.as_str(),
+        "the new code replaced the old one"
+    );
+    assert!(
+        report["connected"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("connected as {JID}"))
+    );
+    assert_eq!(report["reloads"], 1, "one navigation: everything came live");
+    assert_eq!(env.session("a")["state"], "connected");
+}
