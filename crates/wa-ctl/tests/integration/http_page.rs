@@ -15,6 +15,11 @@
 //! A run happens after the state it looks for is visible in the API, and a
 //! look that does not find it yet is repeated until a deadline: nothing
 //! here waits a fixed time.
+//!
+//! Those runs load the page afresh each time. `the_page_follows_the_session_live`
+//! keeps one page open instead, driven over the DevTools protocol by
+//! `live_page.py`, and sees the code replaced and the connection arrive
+//! through the event stream.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
