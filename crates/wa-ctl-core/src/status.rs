@@ -75,6 +75,30 @@ pub struct SessionRecord {
     pub epoch: Option<i64>,
 }
 
+impl SessionRecord {
+    /// A session in `state` with nothing else known: no worker, no close,
+    /// no owner (what a surface starts from, and what tests build on).
+    pub fn new(id: impl Into<String>, state: State) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            state,
+            worker_pid: None,
+            restarts: 0,
+            last_code: None,
+            last_reason: None,
+            last_action: None,
+            last_at_ms: None,
+            next_retry_at_ms: None,
+            worker_started_at_ms: None,
+            connected_at_ms: None,
+            jid: None,
+            pairing: None,
+            owner: None,
+            epoch: None,
+        }
+    }
+}
+
 impl StatusRecord {
     /// Reads the status file; `None` if it is missing or unreadable, which a
     /// reader treats like a supervisor that has not written it yet.
@@ -480,21 +504,11 @@ mod tests {
             cpu_us: 0,
             journal: false,
             sessions: vec![SessionRecord {
-                id: "a".into(),
-                state: State::Backoff,
-                worker_pid: None,
                 restarts: 2,
                 last_code: Some(CloseKey::Code(408)),
-                last_reason: None,
                 last_action: Some(Action::Reconnect),
-                last_at_ms: None,
                 next_retry_at_ms: Some(12_500),
-                worker_started_at_ms: None,
-                connected_at_ms: None,
-                jid: None,
-                pairing: None,
-                owner: None,
-                epoch: None,
+                ..SessionRecord::new("a", State::Backoff)
             }],
         }
     }

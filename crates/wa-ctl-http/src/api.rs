@@ -699,23 +699,7 @@ mod tests {
             .map(String::as_str)
             .collect();
         named.sort_unstable();
-        let record = SessionRecord {
-            id: "a".into(),
-            state: SessionState::Stopped,
-            worker_pid: None,
-            restarts: 0,
-            last_code: None,
-            last_reason: None,
-            last_action: None,
-            last_at_ms: None,
-            next_retry_at_ms: None,
-            worker_started_at_ms: None,
-            connected_at_ms: None,
-            jid: None,
-            pairing: None,
-            owner: None,
-            epoch: None,
-        };
+        let record = SessionRecord::new("a", SessionState::Stopped);
         let value = serde_json::to_value(report(&record)).unwrap();
         let mut sent: Vec<&str> = value
             .as_object()

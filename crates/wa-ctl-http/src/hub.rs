@@ -218,23 +218,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str, state: State) -> SessionRecord {
-        SessionRecord {
-            id: id.into(),
-            state,
-            worker_pid: None,
-            restarts: 0,
-            last_code: None,
-            last_reason: None,
-            last_action: None,
-            last_at_ms: None,
-            next_retry_at_ms: None,
-            worker_started_at_ms: None,
-            connected_at_ms: None,
-            jid: None,
-            pairing: None,
-            owner: None,
-            epoch: None,
-        }
+        SessionRecord::new(id, state)
     }
 
     fn json(change: &Change) -> serde_json::Value {

@@ -240,7 +240,7 @@ impl Webhook {
                     Outcome::Retry(format!("status {status}"))
                 }
             }
-            Err(e) => Outcome::Retry(error_chain(&e)),
+            Err(e) => Outcome::Retry(wa_ctl_core::error_chain(&e)),
         }
     }
 }
@@ -249,17 +249,6 @@ enum Outcome {
     Delivered,
     Refused(u16),
     Retry(String),
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// HMAC-SHA256 of `body` with `secret`, as hex.

@@ -202,24 +202,11 @@ fn decode_qr(zbarimg: &Path, png: &Path) -> Option<String> {
     (out.status.success() && !text.is_empty()).then_some(text)
 }
 
-#[test]
-fn the_pairing_page_shows_the_workers_qr_code_then_connected_as_the_account() {
-    let Some(chromium) = find_chromium() else {
-        return skip("chromium is not installed (Debian's `chromium` package)");
-    };
-    let Ok(zbarimg) = which("zbarimg") else {
-        return skip("zbarimg is not installed (Debian's `zbar-tools` package)");
-    };
-
+/// A supervisor with `[http]` on a free port and one session `a` whose test
+/// worker runs `steps`, started and pairing; with the page's address.
+fn pairing_session(steps: &[String]) -> (TestEnv, String, String) {
     let port = closed_port();
     let env = TestEnv::new("");
-    // The worker shows its code, then connects only once the test says so.
-    let go = env.path().join("scanned");
-    let steps = [
-        format!("qr={QR_TEXT}"),
-        format!("await={}", go.display()),
-        format!("connect={JID}"),
-    ];
     let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
     std::fs::write(
         &env.config,
@@ -237,6 +224,26 @@ fn the_pairing_page_shows_the_workers_qr_code_then_connected_as_the_account() {
         .trim()
         .to_owned();
     let url = format!("http://127.0.0.1:{port}/#token={token}");
+    (env, token, url)
+}
+
+#[test]
+fn the_pairing_page_shows_the_workers_qr_code_then_connected_as_the_account() {
+    let Some(chromium) = find_chromium() else {
+        return skip("chromium is not installed (Debian's `chromium` package)");
+    };
+    let Ok(zbarimg) = which("zbarimg") else {
+        return skip("zbarimg is not installed (Debian's `zbar-tools` package)");
+    };
+
+    // The worker shows its code, then connects only once the test says so.
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("scanned");
+    let (env, token, url) = pairing_session(&[
+        format!("qr={QR_TEXT}"),
+        format!("await={}", go.display()),
+        format!("connect={JID}"),
+    ]);
     let mut browser = Browser::new(chromium, env.path());
 
     // The code in a real browser's screenshot is the code the worker sent.
@@ -260,7 +267,7 @@ fn the_pairing_page_shows_the_workers_qr_code_then_connected_as_the_account() {
     assert_eq!(decoded, QR_TEXT, "the decoded code is the worker's");
 
     // The phone scans it: the worker connects.
-    let tmp = env.path().join(".scanned.tmp");
+    let tmp = dir.path().join(".scanned.tmp");
     std::fs::write(&tmp, "").unwrap();
     std::fs::rename(&tmp, &go).unwrap();
     let connected = env.wait_state("a", "connected");
@@ -308,35 +315,17 @@ fn the_page_follows_the_session_live() {
     let Ok(python) = which("python3") else {
         return skip("python3 is not installed");
     };
-    let port = closed_port();
-    let env = TestEnv::new("");
-    let next = env.path().join("next");
-    let go = env.path().join("go");
+    let dir = tempfile::tempdir().unwrap();
+    let next = dir.path().join("next");
+    let go = dir.path().join("go");
     let second = format!("{QR_TEXT}-second");
-    let steps = [
+    let (env, _token, url) = pairing_session(&[
         format!("qr={QR_TEXT}"),
         format!("await={}", next.display()),
         format!("qr={second}"),
         format!("await={}", go.display()),
         format!("connect={JID}"),
-    ];
-    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
-    std::fs::write(
-        &env.config,
-        format!(
-            "[supervisor]\nruntime_dir = \"run\"\nstate_dir = \"state\"\nstop_timeout = \"2s\"\n\
-             {}\n[http]\nlisten = \"127.0.0.1:{port}\"\n\n[[session]]\nid = \"a\"\n",
-            env.worker(&steps)
-        ),
-    )
-    .unwrap();
-    env.ok(&["start"]);
-    env.wait_state("a", "pairing");
-    let token = std::fs::read_to_string(env.state_dir().join("http.token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let url = format!("http://127.0.0.1:{port}/#token={token}");
+    ]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/live_page.py");
     let mut cmd = command(&python);
     cmd.arg(&script)
