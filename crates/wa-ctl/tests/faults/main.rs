@@ -51,7 +51,7 @@ fn assert_recovers(env: &TestEnv, supervisor: u32, creds_expected: bool, live_st
     // supervisor still holds its lock and answers. The wait for its workers
     // below passes at once when none exists yet, so wait for it first.
     wait_until("the supervisor to die", DEADLINE, || {
-        (!alive(supervisor)).then_some(())
+        harness::gone(supervisor).then_some(())
     });
     wait_until(
         "the workers to die with the supervisor",

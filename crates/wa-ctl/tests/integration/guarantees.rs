@@ -115,7 +115,7 @@ fn next_start_ends_what_a_killed_supervisor_left() {
     // The kernel releases the lock once the process is gone, not at the
     // signal: a start before that would find it "already running".
     wait_until("the killed supervisor to be gone", DEADLINE, || {
-        (!alive(supervisor)).then_some(())
+        crate::harness::gone(supervisor).then_some(())
     });
     // PR_SET_PDEATHSIG reaches the worker, not what it forked.
     assert!(alive(grandchild));

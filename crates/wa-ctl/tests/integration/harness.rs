@@ -184,6 +184,25 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Whether every thread of a process has exited: a process killed by
+/// SIGKILL shows as a zombie (its leader thread) while its other threads
+/// still exit, and until the last one has, its files (its locks, its
+/// sockets) stay open. A test that checks what a dead supervisor left
+/// waits for this, not for [`alive`] to turn false.
+pub fn gone(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            matches!(state, Some('Z') | Some('X') | None)
+        })
+    })
+}
+
 /// Every process id in /proc now.
 pub fn proc_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
