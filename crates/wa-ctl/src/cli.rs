@@ -83,7 +83,7 @@ pub enum Command {
     /// Also counts the processes from the process table: supervisors, workers,
     /// and strays (a worker command running outside the supervisor, which
     /// causes 440 loops), with a loud warning when strays exist.
-    /// With [http] on, also prints the pairing page's address, token
+    /// With `[http]` on, also prints the pairing page's address, token
     /// included, when this user can read the token file.
     /// Exits 0 when the supervisor is running, 3 when it is not, 4 when it
     /// holds its lock but does not answer (the state is unknown).
@@ -117,7 +117,7 @@ pub enum Command {
         /// Pair in a browser instead: print the address of the pairing
         /// page (with the API token in its fragment, which the browser
         /// never sends) and follow the session until it connects. Needs
-        /// [http] in the configuration; through an SSH tunnel it works
+        /// `[http]` in the configuration; through an SSH tunnel it works
         /// from a laptop (ssh -L 8722:127.0.0.1:8722 HOST).
         #[arg(long, conflicts_with = "phone")]
         browser: bool,
