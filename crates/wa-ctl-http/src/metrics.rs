@@ -87,10 +87,6 @@ impl Metrics {
     }
 }
 
-fn state_label(state: State) -> &'static str {
-    state.as_str()
-}
-
 impl Collector for Surface {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let records = self.hub.records();
@@ -104,7 +100,7 @@ impl Collector for Surface {
         )?;
         for r in &records {
             for state in State::ALL {
-                let labels = [("session", r.id.as_str()), ("state", state_label(state))];
+                let labels = [("session", r.id.as_str()), ("state", state.as_str())];
                 ConstGauge::new(i64::from(r.state == state))
                     .encode(family.encode_family(&labels)?)?;
             }

@@ -1160,14 +1160,17 @@ impl EventLoop {
     /// tells the surface, if any, what they look like now.
     fn answer_touched(&mut self) {
         let mut surface = self.surface.take();
-        let now_sys = SystemTime::now();
-        let now = Instant::now();
+        // The clocks are read only for a surface: without one, nothing
+        // here costs more than before issue #11.
+        let clocks = surface
+            .is_some()
+            .then(|| (SystemTime::now(), Instant::now()));
         for idx in std::mem::take(&mut self.touched) {
             let slot = &mut self.slots[idx];
             slot.touched = false;
             // The surface first: an API request answered below finds the
             // session as the answer says it is.
-            if let Some(surface) = surface.as_mut() {
+            if let (Some(surface), Some((now_sys, now))) = (surface.as_mut(), clocks) {
                 let closed = slot.closed.take();
                 surface.update(idx, self.session_record(idx, now_sys, now), closed);
             }
